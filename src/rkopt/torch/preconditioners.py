@@ -1,0 +1,159 @@
+"""Diagonal preconditioners P_n for the flow dθ/dt = -P_n ∇L(θ) (METHOD §2.1).
+
+P_n is computed once per step from the stage-1 gradient q_1 = ∇L(θ_n) (including coupled weight
+decay) and frozen for every stage of that step. A preconditioner never writes optimizer state
+during a step: it proposes the statistics after the step into buffers the optimizer provides and
+the optimizer commits them only once the step is accepted, so a failed step changes nothing.
+
+To add one, subclass :class:`DiagonalPreconditioner` and :func:`register_preconditioner` it; its
+hyperparameters become param-group keys.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+from rkopt.torch._ops import TensorListOps, Tensors
+
+
+class DiagonalPreconditioner(ABC):
+    """A diagonal P_n built from running statistics of stage-1 gradients.
+
+    Class attributes:
+        name: the value of the ``preconditioner`` group key that selects it.
+        hyperparameters: param-group keys it reads, with their defaults.
+        statistics: names of the parameter-sized tensors it keeps in the optimizer state.
+    """
+
+    name: ClassVar[str]
+    hyperparameters: ClassVar[dict[str, Any]] = {}
+    statistics: ClassVar[tuple[str, ...]] = ()
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` naming the key if a hyperparameter of ``group`` is invalid."""
+
+    @abstractmethod
+    def propose(
+        self,
+        ops: TensorListOps,
+        group: Mapping[str, Any],
+        steps: Sequence[int],
+        gradient: Tensors,
+        statistics: Sequence[Tensors],
+        proposed: Sequence[Tensors],
+        scale: Tensors,
+    ) -> None:
+        """Write the statistics after this step into ``proposed`` and P_n into ``scale``.
+
+        ``steps`` holds, per parameter, how many steps the statistics will have seen (>= 1);
+        ``statistics`` and ``proposed`` hold one tensor list per name in :attr:`statistics`.
+        ``statistics`` must not be modified.
+        """
+
+
+def _check_positive(group: Mapping[str, Any], key: str, strict: bool = True) -> None:
+    value = group[key]
+    ok = isinstance(value, (int, float)) and (value > 0 if strict else value >= 0)
+    if not ok or value != value:
+        bound = "> 0" if strict else ">= 0"
+        raise ValueError(f"{key} must be a number {bound}, got {value!r}")
+
+
+class AdaGrad(DiagonalPreconditioner):
+    """The paper's modified AdaGrad: G_n = Σ_{l<=n} q_1(θ_l)², P_n = (δ + G_n)^(-1/2).
+
+    δ (``precond_delta``, default 1 as in the paper) makes P_n <= 1: it can only shrink steps.
+    """
+
+    name = "adagrad"
+    hyperparameters = {"precond_delta": 1.0}
+    statistics = ("sum_sq",)
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        _check_positive(group, "precond_delta")
+
+    def propose(self, ops, group, steps, gradient, statistics, proposed, scale) -> None:
+        (sum_sq,), (new_sum_sq,) = statistics, proposed
+        ops.addcmul_into(new_sum_sq, sum_sq, gradient, gradient, 1.0)
+        ops.copy_(scale, new_sum_sq)
+        ops.add_scalar_(scale, group["precond_delta"])
+        ops.rsqrt_(scale)
+
+
+class RMSProp(DiagonalPreconditioner):
+    """Adam/RMSProp second moment: v_n = β2 v_{n-1} + (1-β2) q_1², v̂_n = v_n / (1 - β2^n),
+    P_n = 1 / (√v̂_n + ε)."""
+
+    name = "rmsprop"
+    hyperparameters = {"precond_beta2": 0.999, "precond_eps": 1e-8}
+    statistics = ("exp_avg_sq",)
+
+    def validate(self, group: Mapping[str, Any]) -> None:
+        beta2 = group["precond_beta2"]
+        if not isinstance(beta2, (int, float)) or not 0.0 <= beta2 < 1.0:
+            raise ValueError(f"precond_beta2 must be in [0, 1), got {beta2!r}")
+        _check_positive(group, "precond_eps")
+
+    def propose(self, ops, group, steps, gradient, statistics, proposed, scale) -> None:
+        beta2 = group["precond_beta2"]
+        (exp_avg_sq,), (new_exp_avg_sq,) = statistics, proposed
+        ops.scale_into(new_exp_avg_sq, exp_avg_sq, beta2)
+        ops.addcmul_(new_exp_avg_sq, gradient, gradient, 1.0 - beta2)
+        ops.copy_(scale, new_exp_avg_sq)
+        ops.scale_each_(scale, [1.0 / (1.0 - beta2**n) for n in steps])
+        ops.sqrt_(scale)
+        ops.add_scalar_(scale, group["precond_eps"])
+        ops.reciprocal_(scale)
+
+
+PRECONDITIONERS: dict[str, DiagonalPreconditioner] = {}
+"""Registered preconditioners by name."""
+
+
+def register_preconditioner(preconditioner: DiagonalPreconditioner) -> DiagonalPreconditioner:
+    """Make ``preconditioner`` selectable by ``preconditioner=<its name>`` in param groups."""
+    if not isinstance(preconditioner, DiagonalPreconditioner):
+        raise TypeError("register_preconditioner expects a DiagonalPreconditioner instance")
+    if not getattr(preconditioner, "name", ""):
+        raise ValueError("a preconditioner needs a non-empty class attribute 'name'")
+    PRECONDITIONERS[preconditioner.name] = preconditioner
+    return preconditioner
+
+
+def get_preconditioner(name: str | None) -> DiagonalPreconditioner | None:
+    """The registered preconditioner called ``name`` (None for none)."""
+    if name is None:
+        return None
+    if name not in PRECONDITIONERS:
+        valid = ", ".join(["None", *sorted(PRECONDITIONERS)])
+        raise ValueError(
+            f"unknown preconditioner {name!r}; valid: {valid} "
+            "(register your own with rkopt.register_preconditioner)"
+        )
+    return PRECONDITIONERS[name]
+
+
+def preconditioner_hyperparameters() -> dict[str, Any]:
+    """The group keys (with defaults) of every registered preconditioner."""
+    keys: dict[str, Any] = {}
+    for preconditioner in PRECONDITIONERS.values():
+        keys.update(preconditioner.hyperparameters)
+    return keys
+
+
+register_preconditioner(AdaGrad())
+register_preconditioner(RMSProp())
+
+__all__ = [
+    "PRECONDITIONERS",
+    "AdaGrad",
+    "DiagonalPreconditioner",
+    "RMSProp",
+    "Tensor",
+    "get_preconditioner",
+    "register_preconditioner",
+]

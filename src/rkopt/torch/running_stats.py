@@ -1,0 +1,41 @@
+"""Keep a model's buffers (BatchNorm running statistics) updated once per optimizer step.
+
+A Runge–Kutta step calls the closure once per stage, and each forward pass in training mode
+updates BatchNorm's running mean and variance. Only the first call, at θ_n, should count, as for
+any other optimizer: wrap the forward pass in :func:`frozen_buffers` for the other calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+@contextmanager
+def frozen_buffers(module: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Restore every buffer of ``module`` (running statistics, counters) on exit.
+
+    Usage in a closure::
+
+        with rkopt.frozen_buffers(model, enabled=optimizer.evaluation_index not in (None, 0)):
+            loss = loss_fn(model(x), y)
+    """
+    if not enabled:
+        yield
+        return
+    saved = [(buffer, buffer.detach().clone()) for buffer in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
+def is_first_evaluation(optimizer: torch.optim.Optimizer) -> bool:
+    """True unless ``optimizer`` is an rkopt optimizer inside a step, past its first closure call."""
+    index = getattr(optimizer, "evaluation_index", None)
+    return index is None or index == 0
