@@ -192,14 +192,32 @@ class ButcherTableau:
             power = [sum(row[j] * power[j] for j in range(i)) for i, row in enumerate(self.a)]
         return tuple(coefficients)
 
-    def last_uses(self) -> tuple[int, ...]:
-        """For each stage j, the last stage i whose point needs k_j (a_ij != 0), or j if none."""
+    def stages_needed(self, error_estimate: bool = False) -> int:
+        """How many leading stages a step must evaluate.
+
+        A trailing stage whose direction enters neither θ_{n+1} (b_i = 0) nor the error estimate
+        (when ``error_estimate``) nor a later stage is skipped: fixed-step Dormand–Prince, for
+        instance, needs 6 of its 7 stages, the 7th serving only its FSAL error estimate.
+        """
+        weights = self.error_weights if error_estimate else (0.0,) * self.stages
+        needed = self.stages
+        while needed > 1 and self.b[needed - 1] == 0.0 and weights[needed - 1] == 0.0:
+            needed -= 1  # later stages are already gone, so nothing else reads this one
+        return needed
+
+    def last_uses(self, stages: int | None = None) -> tuple[int, ...]:
+        """For each stage j, the last stage i whose point needs k_j (a_ij != 0), or j if none.
+
+        ``stages`` limits the step to its leading stages (see :meth:`stages_needed`).
+        """
+        stages = self.stages if stages is None else stages
         return tuple(
-            max((i for i in range(j + 1, self.stages) if self.a[i][j] != 0.0), default=j)
-            for j in range(self.stages)
+            max((i for i in range(j + 1, stages) if self.a[i][j] != 0.0), default=j) for j in range(stages)
         )
 
-    def storage_plan(self, keep_until: Mapping[int, int] | None = None) -> tuple[tuple[int | None, ...], int]:
+    def storage_plan(
+        self, keep_until: Mapping[int, int] | None = None, stages: int | None = None
+    ) -> tuple[tuple[int | None, ...], int]:
         """Assign stage directions that outlive the next stage to reusable buffer slots.
 
         Stage j's direction k_j is needed until stage ``last_uses()[j]``; if that is j + 1 it is read
@@ -207,12 +225,12 @@ class ButcherTableau:
         (e.g. ``{0: s}`` keeps k_1 for the whole step). Returns (slot per stage or None, slot count):
         the greedy interval colouring, which uses the least possible number of slots.
         """
-        needed = list(self.last_uses())
+        needed = list(self.last_uses(stages))
         for stage, until in (keep_until or {}).items():
             needed[stage] = max(needed[stage], until)
-        slots: list[int | None] = [None] * self.stages
+        slots: list[int | None] = [None] * len(needed)
         free_at: list[int] = []  # slot -> stage after which it is free again
-        for j in range(self.stages):
+        for j in range(len(needed)):
             if needed[j] <= j + 1:
                 continue
             for slot, until in enumerate(free_at):

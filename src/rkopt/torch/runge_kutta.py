@@ -116,8 +116,9 @@ class GroupRun:
             and self.sign > 0
             and not optimizer._igr_active
         )
-        self.slots, _ = self.tableau.storage_plan(self.policy.keep_until(self.tableau))
-        self.directions: list[Tensors | None] = [None] * self.tableau.stages
+        self.last = optimizer._stages_needed - 1
+        self.slots, _ = self.tableau.storage_plan(self.policy.keep_until(self.tableau), self.last + 1)
+        self.directions: list[Tensors | None] = [None] * (self.last + 1)
         self.h = 0.0
         self.at_theta0 = True
         self.theta0 = self.buffer("theta0")
@@ -234,7 +235,7 @@ class GroupRun:
         tableau = self.tableau
         if self.momentum > 0.0:
             self.update = _Accumulator(ops, self.buffer("accumulator"), None)  # S = Σ b_i d_i
-        elif any(b != 0.0 for b in tableau.b[:-1]):
+        elif any(b != 0.0 for b in tableau.b[: self.last]):
             self.update = _Accumulator(ops, self.buffer("accumulator"), self.theta0)  # θ_n - h Σ b_i d_i
         else:
             self.update = None
@@ -246,7 +247,7 @@ class GroupRun:
     def accumulate(self, stage: int) -> None:
         """Add stage ``stage``'s direction to the update and the error estimate."""
         direction = self.directions[stage]
-        last = stage == self.tableau.stages - 1
+        last = stage == self.last
         if self.momentum > 0.0:
             self.update.add(direction, self.tableau.b[stage])
         elif self.update is not None and not last:
@@ -256,7 +257,7 @@ class GroupRun:
 
     def write_candidate(self) -> None:
         """θ ← the step's result (the parameters then hold θ_{n+1}, still revocable)."""
-        h, last = self.h, self.tableau.stages - 1
+        h, last = self.h, self.last
         decay = [(self.theta0, -h * self.decoupled_decay)]
         if self.momentum > 0.0:
             beta, momentum_new = self.momentum, self.update.buffer
@@ -466,6 +467,12 @@ class RungeKutta(Optimizer):
             group.setdefault("h", None)
 
     @property
+    def _stages_needed(self) -> int:
+        """Closure calls per attempt: trailing stages that feed nothing are skipped."""
+        error_control = any(group["lr_policy"] == "error_control" for group in self.param_groups)
+        return self.tableau.stages_needed(error_estimate=error_control)
+
+    @property
     def _igr_active(self) -> bool:
         return any(group["igr"] > 0 for group in self.param_groups)
 
@@ -529,7 +536,7 @@ class RungeKutta(Optimizer):
         try:
             first_loss = evaluate()
             runs = self._start_runs()
-            outcome = self._integrate(runs, evaluate, first_loss)
+            outcome, rejected = self._integrate(runs, evaluate, first_loss)
         except BaseException:
             for run in runs:
                 run.restore_theta0()
@@ -541,8 +548,11 @@ class RungeKutta(Optimizer):
             if not self.keep_workspace:
                 self._workspace.clear()
         self.counters.grad_evals += calls
+        self.counters.rejected_steps += rejected
         if outcome == "skipped":
             self.counters.skipped_steps += 1
+        else:
+            self.counters.steps += 1
         return first_loss
 
     def _nonfinite(self, runs: Sequence[GroupRun]) -> str:
@@ -662,24 +672,46 @@ class RungeKutta(Optimizer):
         rho = math.sqrt(difference) / eps
         return rho if math.isfinite(rho) else math.inf  # NaN: a null step; the NaN loss is caught later
 
-    def _integrate(self, runs: list[GroupRun], evaluate: Callable[[], Any], first_loss: Any) -> str:
-        """Stage 1, step-size choice, stages 2..s with retries; commit. Returns the outcome."""
+    def _integrate(
+        self, runs: list[GroupRun], evaluate: Callable[[], Any], first_loss: Any
+    ) -> tuple[str, int]:
+        """Stage 1, step-size choice, stages 2..s with retries, checks, commit.
+
+        Returns the outcome ("accepted" or "skipped") and the number of rejected attempts.
+        """
         self._stage_losses = [first_loss] if not runs else []
         if not runs:
-            return "accepted" if _is_finite(first_loss) else self._nonfinite(runs)
-        tableau = self.tableau
+            return ("accepted" if _is_finite(first_loss) else self._nonfinite(runs)), 0
         policies = self._policy_groups(runs)
         for run in runs:
             run.save_theta0()
         self._evaluate_directions(runs, runs, 0, evaluate, loss=first_loss)
         for policy, members in policies:
             policy.choose(members, lambda probing: self._probe_curvature(probing, runs, evaluate))
-        max_retries = min(
-            (run.group["max_retries"] for run in runs if run.policy.name == "error_control"),
-            default=0,
+        rejected = self._attempt(runs, policies, evaluate)
+        finite = all(_is_finite(loss) for loss in self._stage_losses) and bool(
+            torch.stack([run.candidate_finite().cpu() for run in runs]).all()
         )
-        attempt = 0
+        if not finite:
+            return self._nonfinite(runs), rejected
+        for run in runs:
+            run.commit()
+        for policy, members in policies:
+            policy.commit(members)
+        return "accepted", rejected
+
+    def _attempt(
+        self,
+        runs: list[GroupRun],
+        policies: list[tuple[StepSizePolicy, list[GroupRun]]],
+        evaluate: Callable[[], Any],
+    ) -> int:
+        """Stages 2..s from the stored stage 1, repeated until the policies accept; the number of
+        rejected attempts. The parameters then hold the candidate θ_{n+1}."""
+        error_control = [run for run in runs if run.policy.name == "error_control"]
+        max_retries = min((run.group["max_retries"] for run in error_control), default=0)
         settled = len(self._stage_losses)
+        rejected = 0
         while True:
             del self._stage_losses[settled:]
             for run in runs:
@@ -687,7 +719,7 @@ class RungeKutta(Optimizer):
                 run.start_attempt()
             for policy, members in policies:
                 policy.observe(members, 0)
-            for stage in range(1, tableau.stages):
+            for stage in range(1, self._stages_needed):
                 for run in runs:
                     run.move_to_stage(stage)
                 self._evaluate_directions(runs, runs, stage, evaluate)
@@ -697,31 +729,16 @@ class RungeKutta(Optimizer):
                     policy.observe(members, stage)
             for run in runs:
                 run.write_candidate()
-            accepted = all(policy.judge(members) for policy, members in policies)
-            if accepted:
-                break
-            attempt += 1
-            self.counters.rejected_steps += 1
-            if attempt > max_retries:
-                if any(
-                    run.group["on_max_retries"] == "raise"
-                    for run in runs
-                    if run.policy.name == "error_control"
-                ):
+            if all(policy.judge(members) for policy, members in policies):
+                return rejected
+            rejected += 1
+            if not _is_finite(self._stage_losses[0]):
+                return rejected  # no smaller step helps when θ_n itself is bad
+            if rejected > max_retries:
+                if any(run.group["on_max_retries"] == "raise" for run in error_control):
                     raise StepRejectedError(
-                        f"error control rejected the step {attempt} times (max_retries="
+                        f"error control rejected the step {rejected} times (max_retries="
                         f"{max_retries}); θ_n was restored. Raise max_retries, loosen atol/rtol, "
                         "lower lr, or set on_max_retries='accept'"
                     )
-                break
-        finite = all(_is_finite(loss) for loss in self._stage_losses) and bool(
-            torch.stack([run.candidate_finite().cpu() for run in runs]).all()
-        )
-        if not finite:
-            return self._nonfinite(runs)
-        for run in runs:
-            run.commit()
-        for policy, members in policies:
-            policy.commit(members)
-        self.counters.steps += 1
-        return "accepted"
+                return rejected

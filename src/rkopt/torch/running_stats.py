@@ -20,8 +20,12 @@ def frozen_buffers(module: nn.Module, enabled: bool = True) -> Iterator[None]:
 
     Usage in a closure::
 
-        with rkopt.frozen_buffers(model, enabled=optimizer.evaluation_index not in (None, 0)):
+        with rkopt.frozen_buffers(model, enabled=not rkopt.is_first_evaluation(optimizer)):
             loss = loss_fn(model(x), y)
+        loss.backward()
+
+    The restore writes through ``.data``, so autograd's version counters do not change and the
+    backward pass may come after the block.
     """
     if not enabled:
         yield
@@ -30,9 +34,8 @@ def frozen_buffers(module: nn.Module, enabled: bool = True) -> Iterator[None]:
     try:
         yield
     finally:
-        with torch.no_grad():
-            for buffer, value in saved:
-                buffer.copy_(value)
+        for buffer, value in saved:
+            buffer.data.copy_(value)
 
 
 def is_first_evaluation(optimizer: torch.optim.Optimizer) -> bool:

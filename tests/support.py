@@ -1,0 +1,38 @@
+"""Small models, data and closures shared by the optimizer tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def make_mlp(seed: int = 0, dtype: torch.dtype = torch.float32, dropout: float = 0.0) -> nn.Module:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = [nn.Linear(6, 16), nn.Tanh()]
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(16, 3))
+    return nn.Sequential(*layers).to(dtype)
+
+
+def make_data(
+    seed: int = 1, n: int = 48, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=generator, dtype=dtype)
+    y = torch.randint(0, 3, (n,), generator=generator)
+    return x, y
+
+
+def make_closure(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor):
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    return closure
+
+
+def flat(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
