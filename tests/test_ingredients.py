@@ -216,7 +216,9 @@ def test_dal_curvature_estimates_match_the_exact_hg_over_g_of_a_quadratic(estima
         probes = optimizer.counters.grad_evals - evaluations - 4
         assert probes == (1 if estimator == "finite_difference" or step == 0 else 0)
         assert group["h"] == pytest.approx(cap / (1 + cap / 2 * used_rho**power), rel=1e-9)
-        assert group["dal_rho"] == pytest.approx(exact, rel=1e-9)  # what this step measured
+        assert group["dal_rho"] == pytest.approx(used_rho, rel=1e-9)
+        if estimator == "free":  # what this step measured, for the next one
+            assert group["dal_rho_next"] == pytest.approx(exact, rel=1e-9)
         previous_exact = exact
 
 
@@ -342,6 +344,7 @@ def test_max_retries_raise_restores_theta_n():
         optimizer.step(quadratic_closure(theta, optimizer, q))
     assert torch.equal(theta.detach(), theta0)
     assert optimizer.counters.steps == 0
+    assert (optimizer.counters.grad_evals, optimizer.counters.rejected_steps) == (1 + 3 * 1, 3)
 
 
 def test_max_retries_accept_takes_the_smallest_attempt():
@@ -357,8 +360,8 @@ def test_max_retries_accept_takes_the_smallest_attempt():
         max_retries=2,
     )
     optimizer.step(quadratic_closure(theta, optimizer, q))
-    assert optimizer.counters.rejected_steps == 3 and optimizer.counters.steps == 1
-    assert optimizer.param_groups[0]["h"] == pytest.approx(1.0 * 0.2**3)
+    assert optimizer.counters.rejected_steps == 2 and optimizer.counters.steps == 1
+    assert optimizer.param_groups[0]["h"] == pytest.approx(0.2**2)  # attempts at 1, 0.2, 0.04
 
 
 def test_pi_controller_formula():

@@ -43,7 +43,8 @@ class Counters:
 
     Attributes:
         steps: accepted steps (parameter updates).
-        grad_evals: closure calls, i.e. gradient evaluations, of every step, probes included.
+        grad_evals: closure calls, i.e. gradient evaluations, probes included, of every step:
+            also of steps that were skipped or raised, since that work was spent.
         rejected_steps: attempts rejected by error control (each retried on the same batch).
         skipped_steps: steps dropped because of a non-finite value (``on_nonfinite="skip"``).
     """
@@ -169,9 +170,12 @@ class GroupRun:
             return self.buffer(f"slot{self.slots[stage]}")
         return None if self.identity_field else self.buffer("scratch")
 
-    def record_direction(self, stage: int | None, gradient: Tensors) -> Tensors:
-        """d = P_n (σ g + λ θ) (or P_n (gradient + λ θ) when IGR already wrote σ g + ∇R into it).
+    def record_direction(
+        self, stage: int | None, gradient: Tensors, signed_in_place: bool = False
+    ) -> Tensors:
+        """d = P_n (σ g + λ θ), written into this stage's buffer (or aliasing g when P = 1, λ = 0).
 
+        ``signed_in_place``: ``gradient`` is that buffer and already holds σ g (+ the IGR term).
         ``stage=0`` also proposes P_n from this gradient; ``stage=None`` is a probe (no slot).
         """
         dest = self.destination(stage)
@@ -179,8 +183,8 @@ class GroupRun:
         if dest is None:
             direction = gradient
         else:
-            if gradient is dest or self.sign < 0:
-                if gradient is not dest:
+            if signed_in_place or self.sign < 0:
+                if not signed_in_place:
                     ops.neg_into(dest, gradient)
                 if self.coupled_decay:
                     ops.axpy_(dest, params, self.coupled_decay)
@@ -413,6 +417,7 @@ class RungeKutta(Optimizer):
         self._workspace: dict[Tensor, dict[str, Tensor]] = {}
         self._policies: dict[str, StepSizePolicy] = {name: cls() for name, cls in POLICIES.items()}
         self._stage_losses: list[Any] = []
+        self._rejections = 0
         super().__init__(params, defaults)
 
     # -- configuration ---------------------------------------------------------------------
@@ -533,22 +538,23 @@ class RungeKutta(Optimizer):
             return loss
 
         runs: list[GroupRun] = []
+        self._rejections = 0
         try:
             first_loss = evaluate()
             runs = self._start_runs()
-            outcome, rejected = self._integrate(runs, evaluate, first_loss)
+            outcome = self._integrate(runs, evaluate, first_loss)
         except BaseException:
             for run in runs:
                 run.restore_theta0()
             raise
-        finally:
+        finally:  # the work done is counted whatever the outcome
+            self.counters.grad_evals += calls
+            self.counters.rejected_steps += self._rejections
             self.evaluation_index = None
             if after_first is not None:
                 after_first.restore()
             if not self.keep_workspace:
                 self._workspace.clear()
-        self.counters.grad_evals += calls
-        self.counters.rejected_steps += rejected
         if outcome == "skipped":
             self.counters.skipped_steps += 1
         else:
@@ -592,9 +598,10 @@ class RungeKutta(Optimizer):
         made) and return each target's direction d = P_n q there (``stage=None``: a probe)."""
         self._stage_losses.append(evaluate() if loss is None else loss)
         raw = [run.gradients() for run in runs]
-        gradients = self._igr_gradients(runs, raw, stage, evaluate) if self._igr_active else raw
+        igr = self._igr_active
+        gradients = self._igr_gradients(runs, targets, raw, stage, evaluate) if igr else raw
         return [
-            run.record_direction(stage, gradient)
+            run.record_direction(stage, gradient, signed_in_place=igr)
             for run, gradient in zip(runs, gradients, strict=True)
             if run in targets
         ]
@@ -602,6 +609,7 @@ class RungeKutta(Optimizer):
     def _igr_gradients(
         self,
         runs: Sequence[GroupRun],
+        targets: Sequence[GroupRun],
         raw: list[list[Tensor]],
         stage: int | None,
         evaluate: Callable[[], Any],
@@ -609,7 +617,7 @@ class RungeKutta(Optimizer):
         """q = σ g + ∇R with R = Σ_groups λ_IGR (lr/4) ‖∇L‖², ∇R = H w, w = (λ_IGR lr/2) g.
 
         H w ≈ ‖w‖ (g(θ + ε w/‖w‖) - g(θ)) / ε: one more closure call at the displaced point.
-        q is written into each run's direction buffer.
+        q is written into the direction buffer of each target (other runs' buffers are untouched).
         """
         saved, weights = [], []
         for run, gradient in zip(runs, raw, strict=True):
@@ -624,10 +632,11 @@ class RungeKutta(Optimizer):
                 if w > 0
             )
         )
-        outputs = [run.destination(stage) for run in runs]
+        outputs = [run.destination(stage) if run in targets else None for run in runs]
         if w_norm == 0.0 or not math.isfinite(w_norm):
             for run, out, g in zip(runs, outputs, saved, strict=True):
-                run.ops.scale_into(out, g, run.sign)
+                if out is not None:
+                    run.ops.scale_into(out, g, run.sign)
             return outputs
         movers = [(run, g, w) for run, g, w in zip(runs, saved, weights, strict=True) if w > 0]
         eps = min(run.group["igr_eps"] for run, _, _ in movers)
@@ -644,6 +653,8 @@ class RungeKutta(Optimizer):
             for (run, _, _), point in zip(movers, points, strict=True):
                 run.ops.copy_(run.params, point)
         for run, out, g, g_probe in zip(runs, outputs, saved, probed, strict=True):
+            if out is None:
+                continue
             run.ops.axpy_into(out, g_probe, g, -1.0)
             run.ops.scale_(out, w_norm / eps)
             run.ops.axpy_(out, g, run.sign)
@@ -672,46 +683,43 @@ class RungeKutta(Optimizer):
         rho = math.sqrt(difference) / eps
         return rho if math.isfinite(rho) else math.inf  # NaN: a null step; the NaN loss is caught later
 
-    def _integrate(
-        self, runs: list[GroupRun], evaluate: Callable[[], Any], first_loss: Any
-    ) -> tuple[str, int]:
+    def _integrate(self, runs: list[GroupRun], evaluate: Callable[[], Any], first_loss: Any) -> str:
         """Stage 1, step-size choice, stages 2..s with retries, checks, commit.
 
-        Returns the outcome ("accepted" or "skipped") and the number of rejected attempts.
+        Returns the outcome: "accepted" or "skipped".
         """
         self._stage_losses = [first_loss] if not runs else []
         if not runs:
-            return ("accepted" if _is_finite(first_loss) else self._nonfinite(runs)), 0
+            return "accepted" if _is_finite(first_loss) else self._nonfinite(runs)
         policies = self._policy_groups(runs)
         for run in runs:
             run.save_theta0()
         self._evaluate_directions(runs, runs, 0, evaluate, loss=first_loss)
         for policy, members in policies:
             policy.choose(members, lambda probing: self._probe_curvature(probing, runs, evaluate))
-        rejected = self._attempt(runs, policies, evaluate)
+        self._attempt(runs, policies, evaluate)
         finite = all(_is_finite(loss) for loss in self._stage_losses) and bool(
             torch.stack([run.candidate_finite().cpu() for run in runs]).all()
         )
         if not finite:
-            return self._nonfinite(runs), rejected
+            return self._nonfinite(runs)
         for run in runs:
             run.commit()
         for policy, members in policies:
             policy.commit(members)
-        return "accepted", rejected
+        return "accepted"
 
     def _attempt(
         self,
         runs: list[GroupRun],
         policies: list[tuple[StepSizePolicy, list[GroupRun]]],
         evaluate: Callable[[], Any],
-    ) -> int:
-        """Stages 2..s from the stored stage 1, repeated until the policies accept; the number of
-        rejected attempts. The parameters then hold the candidate θ_{n+1}."""
+    ) -> None:
+        """Stages 2..s from the stored stage 1, repeated until the policies accept (counting the
+        rejections in ``self._rejections``). The parameters then hold the candidate θ_{n+1}."""
         error_control = [run for run in runs if run.policy.name == "error_control"]
         max_retries = min((run.group["max_retries"] for run in error_control), default=0)
         settled = len(self._stage_losses)
-        rejected = 0
         while True:
             del self._stage_losses[settled:]
             for run in runs:
@@ -729,16 +737,21 @@ class RungeKutta(Optimizer):
                     policy.observe(members, stage)
             for run in runs:
                 run.write_candidate()
-            if all(policy.judge(members) for policy, members in policies):
-                return rejected
-            rejected += 1
+            verdicts = [policy.judge(members) for policy, members in policies]
+            if all(verdicts):
+                return
             if not _is_finite(self._stage_losses[0]):
-                return rejected  # no smaller step helps when θ_n itself is bad
-            if rejected > max_retries:
+                return  # no smaller step helps when θ_n itself is bad: the step fails as non-finite
+            if self._rejections >= max_retries:  # no retry left
                 if any(run.group["on_max_retries"] == "raise" for run in error_control):
+                    self._rejections += 1
                     raise StepRejectedError(
-                        f"error control rejected the step {rejected} times (max_retries="
+                        f"error control rejected the step {self._rejections} times (max_retries="
                         f"{max_retries}); θ_n was restored. Raise max_retries, loosen atol/rtol, "
                         "lower lr, or set on_max_retries='accept'"
                     )
-                return rejected
+                return  # accept the last, smallest attempt
+            self._rejections += 1
+            for (policy, members), verdict in zip(policies, verdicts, strict=True):
+                if not verdict:
+                    policy.shrink(members)

@@ -8,8 +8,8 @@
   PI controller, capped by lr (METHOD §2.4).
 
 A policy acts on all groups that use it at once, because a closure call evaluates every group.
-Per-step results live in the group dict (``h``, ``dal_rho``, ``ec_error``, ``ec_h_next``) so that
-they are observable and saved by ``state_dict``.
+Per-step results live in the group dict (``h``, ``dal_rho``, ``dal_rho_next``, ``ec_error``,
+``ec_h_next``) so that they are observable and saved by ``state_dict``.
 """
 
 from __future__ import annotations
@@ -47,8 +47,11 @@ class StepSizePolicy:
         """Called once the directions of ``stage`` (0-based) are known for every run."""
 
     def judge(self, runs: Sequence[GroupRun]) -> bool:
-        """Whether the attempted step is accepted; if not, set a smaller ``run.h`` to retry with."""
+        """Whether the attempted step is accepted."""
         return True
+
+    def shrink(self, runs: Sequence[GroupRun]) -> None:
+        """Set a smaller ``run.h`` for a retry after ``judge`` rejected the attempt."""
 
     def commit(self, runs: Sequence[GroupRun]) -> None:
         """Record what this step measured, once it is accepted."""
@@ -71,11 +74,12 @@ def _number(
 class DriftAdjusted(StepSizePolicy):
     """DAL-p: h = c / (1 + (c/2) ρ^p) with c = lr.
 
-    ρ = ‖J_f d‖ / ‖d‖ over the parameters of all DAL groups, d the step's (preconditioned) descent
-    direction. ``dal_estimator="finite_difference"`` probes ρ = ‖d(θ_n + ε d/‖d‖) - d(θ_n)‖ / ε each
-    step (one extra closure call, counted); ``"free"`` reuses ρ = ‖d_2 - d_1‖ / ‖θ_2 - θ_n‖ measured
-    on the previous step's first two stages (θ_2 its second stage point, so no extra call) and falls
-    back to the probe when no previous estimate exists (the first step).
+    ρ = ‖J_f d‖ / ‖d‖, d the step's (preconditioned) descent direction, measured jointly over the
+    parameters of the groups that share an estimator. ``dal_estimator="finite_difference"`` probes
+    ρ = ‖d(θ_n - ε d/‖d‖) - d(θ_n)‖ / ε each step (one extra closure call, counted); ``"free"``
+    reuses ρ = ‖d_2 - d_1‖ / ‖θ_2 - θ_n‖ measured on the previous step's first two stages (θ_2 its
+    second stage point, so no extra call; kept in ``dal_rho_next``) and falls back to the probe
+    when no previous estimate exists (the first step). ``dal_rho`` holds the ρ that set ``h``.
     """
 
     name = "dal"
@@ -84,7 +88,7 @@ class DriftAdjusted(StepSizePolicy):
     def __init__(self) -> None:
         self._difference_sq = 0.0
         self._displacement_sq = 0.0
-        self._probed: float | None = None
+        self._rho: dict[int, float] = {}
 
     def validate(self, group, tableau) -> None:
         _number(group, "dal_power", 0.0, open_low=True)
@@ -107,14 +111,16 @@ class DriftAdjusted(StepSizePolicy):
         need_probe = [
             run
             for run in runs
-            if run.group["dal_estimator"] == "finite_difference" or run.group.get("dal_rho") is None
+            if run.group["dal_estimator"] == "finite_difference" or run.group.get("dal_rho_next") is None
         ]
-        self._probed = probe(need_probe) if need_probe else None
+        probed = probe(need_probe) if need_probe else None
+        self._rho = {id(run): probed if run in need_probe else run.group["dal_rho_next"] for run in runs}
         for run in runs:
-            rho = self._probed if run in need_probe else run.group["dal_rho"]
-            run.h = dal_step_size(run.group["lr"], rho, run.group["dal_power"])
+            run.h = dal_step_size(run.group["lr"], self._rho[id(run)], run.group["dal_power"])
 
     def observe(self, runs, stage) -> None:
+        if stage == 0:  # a new attempt: only the accepted one counts
+            self._difference_sq = self._displacement_sq = 0.0
         if stage != 1:
             return
         for run in runs:
@@ -129,10 +135,9 @@ class DriftAdjusted(StepSizePolicy):
         if self._displacement_sq > 0.0:
             free = math.sqrt(self._difference_sq / self._displacement_sq)
         for run in runs:
+            run.group["dal_rho"] = self._rho[id(run)]
             if run.group["dal_estimator"] == "free":
-                run.group["dal_rho"] = free
-            else:
-                run.group["dal_rho"] = self._probed
+                run.group["dal_rho_next"] = free
 
 
 class ErrorControl(StepSizePolicy):
@@ -196,11 +201,12 @@ class ErrorControl(StepSizePolicy):
         self._errors = {}
         for run in runs:
             self._errors[id(run)] = run.scaled_error() if run.stages_finite() else math.inf
-        if all(error <= 1.0 for error in self._errors.values()):
-            return True
-        for run in runs:
-            run.h *= self.controller(run.group, run.tableau).factor(self._errors[id(run)], None)
-        return False
+        return all(error <= 1.0 for error in self._errors.values())
+
+    def shrink(self, runs) -> None:
+        for run in runs:  # groups within tolerance keep their h
+            factor = self.controller(run.group, run.tableau).factor(self._errors[id(run)], None)
+            run.h *= min(1.0, factor)
 
     def commit(self, runs) -> None:
         for run in runs:
