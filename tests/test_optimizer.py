@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -664,3 +665,28 @@ def test_loss_decreases_for_every_preset():
         losses = train(model, optimizer, 15, x, y)
         assert losses[-1] < losses[0] - 0.05, preset
         assert all(math.isfinite(v) for v in losses)
+
+
+def test_readme_cost_and_memory_table_matches_the_optimizer():
+    """The README documents evaluations and work buffers per tableau; keep it true."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `") and line.count("|") == 8]
+    documented = {line.split("`")[1]: [c.strip() for c in line.split("|")[4:8]] for line in rows}
+    assert set(documented) == set(rkopt.TABLEAUX)
+    for name, (evals, buffers, ec_evals, ec_buffers) in documented.items():
+        policies = [("fixed", evals, buffers)]
+        if rkopt.TABLEAUX[name].is_embedded:
+            policies.append(("error_control", ec_evals, ec_buffers))
+        for policy, expected_evals, expected_buffers in policies:
+            theta = nn.Parameter(torch.ones(4))
+            optimizer = rkopt.RungeKutta([theta], lr=1e-3, tableau=name, lr_policy=policy)
+
+            def closure(optimizer=optimizer, theta=theta):
+                optimizer.zero_grad()
+                loss = (theta**2).sum()
+                loss.backward()
+                return loss
+
+            optimizer.step(closure)
+            assert optimizer.counters.grad_evals == int(expected_evals), (name, policy)
+            assert len(optimizer._workspace[theta]) == int(expected_buffers), (name, policy)

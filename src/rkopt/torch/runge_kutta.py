@@ -122,6 +122,7 @@ class GroupRun:
         self.directions: list[Tensors | None] = [None] * (self.last + 1)
         self.h = 0.0
         self.at_theta0 = True
+        self._buffers: dict[str, list[Tensor]] = {}
         self.theta0 = self.buffer("theta0")
         self.scale: Tensors | None = None
         self.proposed: list[Tensors] = []
@@ -131,14 +132,16 @@ class GroupRun:
 
     def buffer(self, role: str) -> list[Tensor]:
         """A parameter-sized work buffer per parameter (kept in the workspace between steps)."""
-        workspace = self.optimizer._workspace
-        out = []
-        for p in self.params:
-            slot = workspace.setdefault(p, {})
-            if role not in slot:
-                slot[role] = torch.empty_like(p, memory_format=torch.preserve_format)
-            out.append(slot[role])
-        return out
+        if role not in self._buffers:
+            workspace = self.optimizer._workspace
+            out = []
+            for p in self.params:
+                slot = workspace.setdefault(p, {})
+                if role not in slot:
+                    slot[role] = torch.empty_like(p, memory_format=torch.preserve_format)
+                out.append(slot[role])
+            self._buffers[role] = out
+        return self._buffers[role]
 
     def _init_state(self) -> None:
         statistics = self.preconditioner.statistics if self.preconditioner else ()
