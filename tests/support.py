@@ -36,3 +36,15 @@ def make_closure(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Te
 
 def flat(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def quadratic_closure(theta: torch.Tensor, optimizer: torch.optim.Optimizer, q: torch.Tensor):
+    """L = ½ θᵀQθ (Q = 0 gives the zero loss)."""
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = 0.5 * theta @ q @ theta
+        loss.backward()
+        return loss
+
+    return closure

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import rkopt
+from support import quadratic_closure
 
 DTYPE = torch.float64
 
@@ -22,16 +23,6 @@ def linear_closure(theta, optimizer, slope):
     def closure():
         optimizer.zero_grad()
         loss = (slope * theta).sum()
-        loss.backward()
-        return loss
-
-    return closure
-
-
-def quadratic_closure(theta, optimizer, q):
-    def closure():
-        optimizer.zero_grad()
-        loss = 0.5 * theta @ q @ theta
         loss.backward()
         return loss
 
@@ -326,11 +317,9 @@ def test_error_control_next_step_follows_the_pi_controller_and_the_cap():
     assert group["h"] == 0.05  # ... but the group's lr caps h
 
 
-def test_max_retries_raise_restores_theta_n():
-    q = spd_matrix(high=30.0)
-    theta0 = torch.linspace(-1, 1, 6, dtype=DTYPE)
-    theta = nn.Parameter(theta0.clone())
-    optimizer = rkopt.RungeKutta(
+def _hopeless_error_control(theta, on_max_retries):
+    """Heun–Euler at lr 1 with tolerances no step can meet, two retries allowed."""
+    return rkopt.RungeKutta(
         [theta],
         lr=1.0,
         tableau="heun_euler",
@@ -338,8 +327,15 @@ def test_max_retries_raise_restores_theta_n():
         rtol=1e-12,
         atol=1e-14,
         max_retries=2,
-        on_max_retries="raise",
+        on_max_retries=on_max_retries,
     )
+
+
+def test_max_retries_raise_restores_theta_n():
+    q = spd_matrix(high=30.0)
+    theta0 = torch.linspace(-1, 1, 6, dtype=DTYPE)
+    theta = nn.Parameter(theta0.clone())
+    optimizer = _hopeless_error_control(theta, "raise")
     with pytest.raises(rkopt.StepRejectedError, match="rejected the step 3 times"):
         optimizer.step(quadratic_closure(theta, optimizer, q))
     assert torch.equal(theta.detach(), theta0)
@@ -350,15 +346,7 @@ def test_max_retries_raise_restores_theta_n():
 def test_max_retries_accept_takes_the_smallest_attempt():
     q = spd_matrix(high=30.0)
     theta = nn.Parameter(torch.linspace(-1, 1, 6, dtype=DTYPE))
-    optimizer = rkopt.RungeKutta(
-        [theta],
-        lr=1.0,
-        tableau="heun_euler",
-        lr_policy="error_control",
-        rtol=1e-12,
-        atol=1e-14,
-        max_retries=2,
-    )
+    optimizer = _hopeless_error_control(theta, "accept")
     optimizer.step(quadratic_closure(theta, optimizer, q))
     assert optimizer.counters.rejected_steps == 2 and optimizer.counters.steps == 1
     assert optimizer.param_groups[0]["h"] == pytest.approx(0.2**2)  # attempts at 1, 0.2, 0.04

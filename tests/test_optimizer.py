@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import rkopt
-from support import flat, make_closure, make_data, make_mlp
+from support import flat, make_closure, make_data, make_mlp, quadratic_closure
 
 PRESETS = list(rkopt.PRESETS)
 
@@ -186,14 +186,7 @@ def test_coupled_weight_decay_is_part_of_the_field():
     theta = nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
     h, decay = 0.3, 2.0
     optimizer = rkopt.RK4([theta], lr=h, weight_decay=decay)
-
-    def closure():
-        optimizer.zero_grad()
-        loss = 0.0 * theta.sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
+    optimizer.step(quadratic_closure(theta, optimizer, torch.zeros(2, 2, dtype=torch.float64)))
     z = -h * decay
     amplification = sum(r * z**k for k, r in enumerate(rkopt.get_tableau("rk4").stability_polynomial()))
     assert torch.allclose(theta, torch.tensor([1.0, -2.0], dtype=torch.float64) * amplification, rtol=1e-15)
@@ -202,14 +195,7 @@ def test_coupled_weight_decay_is_part_of_the_field():
 def test_decoupled_weight_decay_is_applied_once_per_step():
     theta = nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
     optimizer = rkopt.RK4([theta], lr=0.3, weight_decay=2.0, decoupled_weight_decay=True)
-
-    def closure():
-        optimizer.zero_grad()
-        loss = 0.0 * theta.sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
+    optimizer.step(quadratic_closure(theta, optimizer, torch.zeros(2, 2, dtype=torch.float64)))
     assert torch.allclose(theta, torch.tensor([1.0, -2.0], dtype=torch.float64) * (1 - 0.3 * 2.0))
 
 
@@ -223,16 +209,6 @@ def _quadratic(n: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return basis @ torch.diag(eigenvalues) @ basis.T, torch.randn(n, generator=generator, dtype=torch.float64)
 
 
-def _quadratic_closure(theta, optimizer, q):
-    def closure():
-        optimizer.zero_grad()
-        loss = 0.5 * theta @ q @ theta
-        loss.backward()
-        return loss
-
-    return closure
-
-
 @pytest.mark.parametrize("name", sorted(rkopt.TABLEAUX))
 @pytest.mark.parametrize("foreach", [False, True])
 def test_a_step_on_a_quadratic_applies_the_stability_polynomial(name, foreach):
@@ -241,7 +217,7 @@ def test_a_step_on_a_quadratic_applies_the_stability_polynomial(name, foreach):
     theta = nn.Parameter(theta0.clone())
     h = 0.7
     optimizer = rkopt.RungeKutta([theta], lr=h, tableau=name, foreach=foreach)
-    optimizer.step(_quadratic_closure(theta, optimizer, q))
+    optimizer.step(quadratic_closure(theta, optimizer, q))
     matrix = torch.zeros_like(q)
     power = torch.eye(5, dtype=torch.float64)
     for r in rkopt.get_tableau(name).stability_polynomial():
@@ -259,7 +235,7 @@ def test_stability_limit_along_the_sharpest_direction(name, h_lambda, stable):
     lam_max = float(torch.linalg.eigvalsh(q).max())
     theta = nn.Parameter(theta0.clone())
     optimizer = rkopt.RungeKutta([theta], lr=h_lambda / lam_max, tableau=name)
-    closure = _quadratic_closure(theta, optimizer, q)
+    closure = quadratic_closure(theta, optimizer, q)
     for _ in range(2000):
         optimizer.step(closure)
     assert (float(theta.detach().norm()) < float(theta0.norm())) == stable
