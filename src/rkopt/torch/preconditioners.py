@@ -15,8 +15,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from torch import Tensor
-
 from rkopt.torch._ops import TensorListOps, Tensors
 
 
@@ -153,7 +151,6 @@ __all__ = [
     "AdaGrad",
     "DiagonalPreconditioner",
     "RMSProp",
-    "Tensor",
     "get_preconditioner",
     "register_preconditioner",
 ]
