@@ -557,7 +557,7 @@ def _buffer_roles(optimizer):
         ("rk4-dal", {"theta0", "accumulator", "slot0"}, set()),
         (
             "dopri5-adaptive",
-            {"theta0", "accumulator", "error", "slot0", "slot1", "slot2", "slot3", "slot4"},
+            {"theta0", "error", "slot0", "slot1", "slot2", "slot3", "slot4"},
             set(),
         ),
     ],

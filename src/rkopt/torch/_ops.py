@@ -88,38 +88,52 @@ class TensorListOps:
         for d in dst:
             d.reciprocal_()
 
-    # -- reductions: per tensor, float64, shared by both flavours -------------------------
+    # -- reductions: per tensor, shared by both flavours ------------------------------------
+    # Each tensor is reduced in its own precision (half types in float32), without a converted
+    # copy; the per-tensor results are summed in float64.
 
     @staticmethod
     def sum_squares(x: Tensors) -> Tensor:
-        """Σ x² over all elements, in float64 (0-dim tensor)."""
-        return _total(torch.linalg.vector_norm(xi, dtype=torch.float64).square() for xi in x)
+        """Σ x² over all elements (0-dim float64 tensor)."""
+        return _total(_norm(xi) ** 2 for xi in x)
 
     @staticmethod
     def sum_squared_difference(x: Tensors, y: Tensors) -> Tensor:
-        """Σ (x - y)² over all elements, in float64."""
-        return _total(
-            torch.linalg.vector_norm(xi - yi, dtype=torch.float64).square()
-            for xi, yi in zip(x, y, strict=True)
-        )
+        """Σ (x - y)² over all elements (one transient tensor at a time)."""
+        return _total(_norm(xi - yi) ** 2 for xi, yi in zip(x, y, strict=True))
 
     @staticmethod
     def sum_scaled_error_squares(
         error: Tensors, old: Tensors, new: Tensors, atol: float, rtol: float
     ) -> Tensor:
-        """Σ (e / (atol + rtol · max(|old|, |new|)))² in float64."""
+        """Σ (e / (atol + rtol · max(|old|, |new|)))² (two transient tensors at a time)."""
         total = []
         for e, a, b in zip(error, old, new, strict=True):
             scale = torch.maximum(a.abs(), b.abs()).mul_(rtol).add_(atol)
-            total.append(torch.linalg.vector_norm(e / scale, dtype=torch.float64).square())
+            total.append(_norm(torch.div(e, scale, out=scale)) ** 2)
         return _total(total)
 
     @staticmethod
     def all_finite(x: Tensors) -> Tensor:
-        """Whether every element is finite (a NaN or ±inf makes some per-tensor sum non-finite)."""
+        """Whether every element is finite: a NaN or ±inf makes its tensor's sum non-finite.
+
+        (A sum beyond the float range, ~3e38 in float32, counts as non-finite too.)
+        """
         if not x:
             return torch.tensor(True)
-        return torch.stack([xi.sum(dtype=torch.float64) for xi in x]).isfinite().all()
+        return torch.stack([_sum(xi).double() for xi in x]).isfinite().all()
+
+
+def _accumulation_dtype(x: Tensor) -> torch.dtype | None:
+    return torch.float32 if x.element_size() < 4 else None
+
+
+def _norm(x: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(x, dtype=_accumulation_dtype(x)).double()
+
+
+def _sum(x: Tensor) -> Tensor:
+    return x.sum(dtype=_accumulation_dtype(x))
 
 
 class ForeachOps(TensorListOps):

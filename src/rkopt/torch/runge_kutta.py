@@ -118,6 +118,10 @@ class GroupRun:
             and not optimizer._igr_active
         )
         self.last = optimizer._stages_needed - 1
+        # FSAL with its last stage evaluated: that stage's point θ_n - h Σ a_sj d_j is θ_{n+1}
+        self.candidate_is_last_point = (
+            self.tableau.fsal and self.last == self.tableau.stages - 1 and self.momentum == 0.0
+        )
         self.slots, _ = self.tableau.storage_plan(self.policy.keep_until(self.tableau), self.last + 1)
         self.directions: list[Tensors | None] = [None] * (self.last + 1)
         self.h = 0.0
@@ -242,7 +246,7 @@ class GroupRun:
         tableau = self.tableau
         if self.momentum > 0.0:
             self.update = _Accumulator(ops, self.buffer("accumulator"), None)  # S = Σ b_i d_i
-        elif any(b != 0.0 for b in tableau.b[: self.last]):
+        elif not self.candidate_is_last_point and any(b != 0.0 for b in tableau.b[: self.last]):
             self.update = _Accumulator(ops, self.buffer("accumulator"), self.theta0)  # θ_n - h Σ b_i d_i
         else:
             self.update = None
@@ -275,6 +279,8 @@ class GroupRun:
             else:
                 terms = [(momentum_new, -h)]
             _combine_into(self.ops, self.params, self.theta0, terms + decay, self.at_theta0)
+        elif self.candidate_is_last_point:
+            _combine_into(self.ops, self.params, self.params, decay, dst_is_base=True)
         else:
             base = self.update.value if self.update is not None else self.theta0
             terms = [(self.directions[last], -h * self.tableau.b[last]), *decay]
