@@ -1,0 +1,216 @@
+"""One training run: the loop, the closure, budgets, measurements and divergence.
+
+Every optimizer, rkopt or torch.optim, is driven the same way: ``step(closure)`` on one minibatch.
+The closure re-evaluates that same batch for every Runge–Kutta stage, and BatchNorm running
+statistics are updated only by the first evaluation of a step (:func:`rkopt.frozen_buffers`).
+
+Measurements are taken every ``eval_every`` gradient evaluations (so all optimizers are measured at
+comparable budgets), at the start and at the end. The clock counts training only: sampling the batch
+and the optimizer step, never evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import rkopt
+from rkopt.bench.config import Environment, RunConfig
+from rkopt.bench.errors import ConfigError
+from rkopt.bench.optimizers import TrackedOptimizer, build_optimizer
+from rkopt.bench.records import RunWriter, environment_info, is_finished, load_run, run_directory
+from rkopt.bench.workloads import Problem, Task, get_workload
+
+
+def make_closure(
+    model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, inputs: Tensor, targets: Tensor
+) -> Callable[[], Tensor]:
+    """The closure of one step: zero the gradients, loss on this batch, backward, return the loss.
+
+    Buffers (BatchNorm running statistics) change only in the step's first evaluation.
+    """
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        with rkopt.frozen_buffers(model, enabled=not rkopt.is_first_evaluation(optimizer)):
+            loss = task.loss(model(inputs), targets)
+        loss.backward()
+        return loss.detach()
+
+    return closure
+
+
+@dataclass
+class RunOutcome:
+    """What a finished run reports back (the full record is on disk)."""
+
+    run_id: str
+    status: str
+    stop_reason: str
+    final: dict[str, Any]
+    skipped: bool = False
+
+
+class _Trainer:
+    """The training loop of one run, writing measurements through ``log``."""
+
+    def __init__(
+        self, config: RunConfig, problem: Problem, device: torch.device, log: Callable[[dict[str, Any]], None]
+    ) -> None:
+        self.config, self.problem, self.device, self.log = config, problem, device, log
+        self.model = problem.model.to(device)
+        self.optimizer = TrackedOptimizer(
+            build_optimizer(config.optimizer, self.model.parameters(), config.lr, config.optimizer_options)
+        )
+        self.train_seconds = 0.0
+        self.eval_seconds = 0.0
+        self.loss_sum, self.loss_count = 0.0, 0
+        self.last_measured = -1
+
+    def measure(self) -> dict[str, Any]:
+        """Evaluate on validation and test data (off the clock) and log a measurement."""
+        started = time.perf_counter()
+        task, data, opt = self.problem.task, self.problem.data, self.optimizer
+        record: dict[str, Any] = {
+            "step": opt.steps,
+            "grad_evals": opt.grad_evals,
+            "time": self.train_seconds,
+            "epoch": opt.steps * self.config.batch_size / task.epoch_size(data.train),
+            "lr": opt.lr,
+            "h": opt.step_size,
+            "train_loss": self.loss_sum / self.loss_count if self.loss_count else None,
+            "rejected_steps": opt.rejected_steps,
+            "skipped_steps": opt.skipped_steps,
+        }
+        self.model.eval()
+        for name, split in (("val", data.validation), ("test", data.test)):
+            for key, value in task.evaluate(self.model, split, self.device).items():
+                record[f"{name}_{key}"] = value
+        self.model.train()
+        self.loss_sum, self.loss_count = 0.0, 0
+        self.last_measured = opt.grad_evals
+        self.eval_seconds += time.perf_counter() - started
+        self.log(record)
+        return record
+
+    def train(self, progress: bool = False) -> dict[str, Any]:
+        """Train until the budget is spent or the loss diverges; returns the result summary."""
+        config, opt = self.config, self.optimizer
+        generator = torch.Generator().manual_seed(config.seed)
+        torch.manual_seed(config.seed)  # dropout and other noise
+        batches = self.problem.task.batches(self.problem.data.train, config.batch_size, generator)
+        next_measurement = config.eval_every
+        final = self.measure()
+        divergence: dict[str, Any] | None = None
+        bar = _progress_bar(config, progress)
+        self.model.train()
+        while (reason := config.budget.stop_reason(opt.grad_evals, self.train_seconds, opt.steps)) is None:
+            started = time.perf_counter()
+            inputs, targets = (t.to(self.device) for t in next(batches))
+            closure = make_closure(self.model, self.problem.task, opt.optimizer, inputs, targets)
+            before = opt.grad_evals
+            try:
+                loss = float(opt.step(closure))
+                error = None if math.isfinite(loss) else f"non-finite training loss {loss}"
+            except rkopt.NonFiniteStepError as err:
+                error = str(err)
+            self.train_seconds += time.perf_counter() - started
+            if error is not None:
+                reason = "diverged"
+                divergence = {"step": opt.steps, "grad_evals": opt.grad_evals, "time": self.train_seconds}
+                self.log({**divergence, "diverged": True, "message": error})
+                divergence["message"] = error
+                break
+            self.loss_sum += loss
+            self.loss_count += 1
+            bar.update(opt.grad_evals - before)
+            if opt.grad_evals >= next_measurement:
+                final = self.measure()
+                next_measurement = (opt.grad_evals // config.eval_every + 1) * config.eval_every
+                bar.set_postfix(loss=f"{final['train_loss']:.3g}", **{_metric(self.problem): _fmt(final)})
+        bar.close()
+        if divergence is None and self.last_measured != opt.grad_evals:
+            final = self.measure()
+        return {
+            "status": "diverged" if divergence else "completed",
+            "stop_reason": reason,
+            "steps": opt.steps,
+            "grad_evals": opt.grad_evals,
+            "train_seconds": self.train_seconds,
+            "eval_seconds": self.eval_seconds,
+            "final": final,
+            "divergence": divergence,
+        }
+
+
+def _metric(problem: Problem) -> str:
+    return f"test_{problem.task.metric}"
+
+
+def _fmt(record: dict[str, Any]) -> str:
+    value = next(v for k, v in record.items() if k.startswith("test_") and k != "test_loss")
+    return f"{value:.4g}"
+
+
+def _progress_bar(config: RunConfig, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    total = config.budget.max_grad_evals
+    label = f"{config.optimizer} lr={config.lr:g} bs={config.batch_size} seed={config.seed}"
+    return tqdm(total=total, desc=label, unit="grad", disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+def execute_run(
+    config: RunConfig, results_dir: Path, environment: Environment, progress: bool = False
+) -> RunOutcome:
+    """Train one run into ``results_dir`` unless it is already finished there (then just report it).
+
+    The unit of work of a sweep: plain, picklable arguments and the results directory as the only
+    shared state, so the same call can run in a local worker process or on a cluster node.
+    """
+    run_dir = run_directory(results_dir, config)
+    if is_finished(run_dir):
+        record = load_run(run_dir)
+        result = record.result
+        return RunOutcome(
+            config.run_id, result["status"], result["stop_reason"], result["final"], skipped=True
+        )
+    torch.set_num_threads(environment.threads)
+    workload = get_workload(config.workload)
+    problem = workload.problem(environment.source, config.workload_options, config.seed)
+    if config.batch_size > problem.task.epoch_size(problem.data.train):
+        raise ConfigError(
+            f"--batch-size {config.batch_size} exceeds the {problem.data.name} training set "
+            f"({problem.task.epoch_size(problem.data.train)} examples); choose a smaller batch size"
+        )
+    data = problem.data
+    manifest = {
+        "run_id": config.run_id,
+        "config": config.to_dict(),
+        "seed": config.seed,
+        "environment": asdict(environment),
+        "workload": {
+            "description": workload.description,
+            "options": workload.options(config.workload_options),
+            "dataset": data.name,
+            "dataset_fingerprint": data.fingerprint(),
+            "sizes": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)},
+            "parameters": sum(p.numel() for p in problem.model.parameters()),
+        },
+        "metric": problem.task.metric,
+        "higher_is_better": problem.task.higher_is_better,
+        "target": config.target if config.target is not None else data.target,
+        **environment_info(),
+    }
+    with RunWriter(run_dir) as writer:
+        writer.start(manifest)
+        result = _Trainer(config, problem, torch.device(environment.device), writer.log).train(progress)
+        writer.finish(result)
+    return RunOutcome(config.run_id, result["status"], result["stop_reason"], result["final"])

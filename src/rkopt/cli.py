@@ -1,0 +1,297 @@
+"""The ``rkopt`` command: ``train``, ``sweep``, ``report`` and ``list``.
+
+    rkopt train --workload mlp-digits --optimizer rk4 --lr 0.1 --max-grad-evals 400 --out runs/demo
+    rkopt sweep --config configs/main.toml
+    rkopt report runs/demo
+    rkopt list
+
+Settings come from flags or from a TOML file (``--config``; the keys are the flag names with ``_``);
+flags override the file. See :mod:`rkopt.bench.config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import rkopt
+from rkopt.bench.config import (
+    DEFAULT_MAX_GRAD_EVALS,
+    DEFAULT_OPTIMIZER,
+    DEFAULT_SWEEP_LR_FACTORS,
+    DEFAULT_WORKLOAD,
+    Environment,
+    SweepConfig,
+    load_toml,
+)
+from rkopt.bench.data import DatasetUnavailableError, default_data_dir
+from rkopt.bench.errors import ConfigError
+from rkopt.bench.optimizers import optimizer_catalog
+from rkopt.bench.records import is_finished, run_directory
+from rkopt.bench.report import write_report
+from rkopt.bench.runner import execute_run
+from rkopt.bench.sweep import run_sweep
+from rkopt.bench.workloads import WORKLOADS
+
+EXPERIMENT_EPILOG = """\
+examples:
+  rkopt train --workload mlp-digits --optimizer rk4 --lr 0.1 --batch-size 32 --max-grad-evals 400 \\
+      --out runs/demo
+  rkopt sweep --workload mlp-mnist5k --optimizer rk4 adam --lr rk4=0.03:0.3:3 adam=1e-4:1e-2:3 \\
+      --batch-size 32 512 --seed 0 1 --max-grad-evals 2000 --workers 2 --out runs/sweep
+  rkopt sweep --config configs/main.toml
+Learning rates: a number, a list 'a,b,c' or a log-spaced grid 'LOW:HIGH:COUNT'; prefix 'OPTIMIZER='
+to give one optimizer its own grid. Budgets: the first limit reached ends a run."""
+
+_NOT_SETTINGS = {"command", "handler", "parser", "config", "help"}
+
+
+def _add_experiment_arguments(parser: argparse.ArgumentParser, sweep: bool) -> None:
+    """The flags shared by ``train`` and ``sweep`` (``sweep`` takes lists where ``train`` takes one)."""
+
+    many = {"nargs": "+"} if sweep else {}
+    what = parser.add_argument_group("what to run")
+    what.add_argument(
+        "--config", metavar="FILE.toml", help="read settings from a TOML file; flags override it"
+    )
+    what.add_argument(
+        "--workload",
+        metavar="NAME",
+        **many,
+        help=f"workload(s) (`rkopt list workloads`; default: {DEFAULT_WORKLOAD})",
+    )
+    what.add_argument(
+        "--workload-arg",
+        metavar="[WORKLOAD:]KEY=VALUE",
+        nargs="+",
+        action="extend",
+        help="workload option, e.g. hidden=[128,128] (default: the workload's defaults)",
+    )
+    what.add_argument(
+        "--optimizer",
+        metavar="NAME",
+        **many,
+        help="optimizer(s): baseline, rkopt preset or tableau (`rkopt list optimizers`; "
+        f"default: {DEFAULT_OPTIMIZER})",
+    )
+    what.add_argument(
+        "--lr",
+        metavar="[OPTIMIZER=]SPEC",
+        **many,
+        help="learning rate"
+        + ("s" if sweep else "")
+        + " (the cap of h for adaptive variants; default: per optimizer, 1e-3 for adam(w), 0.1 for sgd and "
+        "rkopt" + (", times 1/3, 1, 3 in a sweep)" if sweep else ")"),
+    )
+    what.add_argument(
+        "--opt-arg",
+        metavar="[OPTIMIZER:]KEY=VALUE",
+        nargs="+",
+        action="extend",
+        help="optimizer keyword argument, e.g. adam:weight_decay=0.01 or momentum=0.5 (default: none)",
+    )
+    what.add_argument("--batch-size", metavar="N", type=int, **many, help="minibatch size(s) (default: 32)")
+    what.add_argument(
+        "--seed", metavar="N", type=int, **many, help="seed(s) of init and data order (default: 0)"
+    )
+    budget = parser.add_argument_group("budget (the first limit reached ends a run)")
+    budget.add_argument(
+        "--max-grad-evals",
+        metavar="N",
+        type=int,
+        help=f"gradient evaluations per run, the same for every optimizer (default: {DEFAULT_MAX_GRAD_EVALS} "
+        "when no budget is given)",
+    )
+    budget.add_argument(
+        "--max-seconds", metavar="S", type=float, help="training seconds per run (default: none)"
+    )
+    budget.add_argument("--steps", metavar="N", type=int, help="optimizer steps per run (default: none)")
+    budget.add_argument(
+        "--eval-every",
+        metavar="N",
+        type=int,
+        help="measure every N gradient evaluations (default: ~20 measurements, a multiple of 12)",
+    )
+    budget.add_argument(
+        "--target",
+        metavar="X",
+        type=float,
+        help="target test metric for time-to-target (default: the dataset's, e.g. 0.9 accuracy on mnist5k)",
+    )
+    how = parser.add_argument_group("where and how")
+    how.add_argument("--out", metavar="DIR", help="results directory (default: runs)")
+    how.add_argument(
+        "--data-dir", metavar="DIR", help=f"dataset cache (default: $RKOPT_DATA or {default_data_dir()})"
+    )
+    how.add_argument(
+        "--offline", action="store_true", help="never download datasets (default: download if needed)"
+    )
+    how.add_argument("--device", metavar="DEV", help="torch device (default: cpu)")
+    how.add_argument("--threads", metavar="N", type=int, help="torch threads per run (default: 1)")
+    how.add_argument("--quiet", action="store_true", help="no progress bars or messages (default: off)")
+    if sweep:
+        how.add_argument("--workers", metavar="N", type=int, help="parallel worker processes (default: 1)")
+        how.add_argument("--dry-run", action="store_true", help="list the runs and whether they are finished")
+        how.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """TOML settings (``--config``) overridden by the flags given on the command line."""
+    settings = load_toml(args.config) if getattr(args, "config", None) else {}
+    known = {action.dest for action in args.parser._actions} - _NOT_SETTINGS
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(
+            f"--config {args.config}: unknown key(s) {', '.join(unknown)}; "
+            f"valid keys: {', '.join(sorted(known))}"
+        )
+    settings.update({k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS})
+    return settings
+
+
+def _say(settings: dict[str, Any], message: str) -> None:
+    if not settings.get("quiet"):
+        print(message)
+
+
+def _train(args: argparse.Namespace) -> int:
+
+    settings = _settings(args)
+    config = SweepConfig.from_settings(settings)
+    runs = config.runs()
+    if len(runs) != 1:
+        raise ConfigError(
+            f"rkopt train runs one configuration, these settings give {len(runs)} (workloads × optimizers × "
+            "lrs × batch sizes × seeds); use `rkopt sweep` for grids"
+        )
+    out = Path(settings.get("out", "runs"))
+    outcome = execute_run(
+        runs[0], out, Environment.from_settings(settings), progress=not settings.get("quiet")
+    )
+    final = outcome.final
+    scores = ", ".join(f"{k} {v:.4g}" for k, v in sorted(final.items()) if k.startswith(("val_", "test_")))
+    state = "already finished, not rerun" if outcome.skipped else f"{outcome.status} ({outcome.stop_reason})"
+    _say(
+        settings,
+        f"{runs[0].run_id}: {state}; {final['step']} steps, {final['grad_evals']} grad evals, "
+        f"{final['time']:.3g} s training; {scores}\nresults: {out / 'runs' / runs[0].run_id}",
+    )
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+
+    settings = _settings(args)
+    config = SweepConfig.from_settings(settings, lr_factors=DEFAULT_SWEEP_LR_FACTORS)
+    out = Path(settings.get("out", "runs"))
+    if settings.get("dry_run"):
+        for run in config.runs():
+            print(f"{'finished' if is_finished(run_directory(out, run)) else 'pending '} {run.run_id}")
+        return 0
+    workers = int(settings.get("workers", 1))
+    quiet = bool(settings.get("quiet"))
+    _say(settings, f"sweep: {len(config.runs())} runs, {workers} worker(s), results in {out}")
+    summary = run_sweep(config, out, Environment.from_settings(settings), workers=workers, progress=not quiet)
+    _say(
+        settings,
+        f"sweep: {summary.completed} completed, {summary.diverged} diverged, {len(summary.failed)} failed, "
+        f"{summary.already_finished} already finished (of {summary.total})",
+    )
+    for run_id, error in summary.failed:
+        print(
+            f"run {run_id} failed (it will be retried when the sweep is run again):\n{error}", file=sys.stderr
+        )
+    if not settings.get("no_report"):
+        report = write_report(out)
+        _say(settings, f"report: {report.markdown}")
+    return 1 if summary.failed else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+
+    report = write_report(Path(args.results_dir), Path(args.out) if args.out else None)
+    if not args.quiet:
+        print(report.markdown.read_text())
+        print(f"report: {report.markdown}\nsummary: {report.summary}")
+        print("figures: " + ", ".join(str(p) for p in report.figures))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+
+    sections = {
+        "workloads": [
+            f"{w.name:18s} {w.description}; metric {w.metric}; options: "
+            + (", ".join(f"{k}={v!r}" for k, v in w.defaults.items()) or "none")
+            for w in WORKLOADS.values()
+        ],
+        "optimizers": [f"{name:18s} {text}" for name, text in optimizer_catalog().items()],
+        "tableaux": [
+            f"{t.name:18s} {t.stages} stages, order {t.order}"
+            + (f", embedded order {t.embedded_order} (error control)" if t.b_hat is not None else "")
+            for t in rkopt.TABLEAUX.values()
+        ]
+        + [f"aliases: {', '.join(f'{a}={n}' for a, n in rkopt.ALIASES.items())}"],
+    }
+    for name in [args.what] if args.what else sections:
+        print(f"{name}:")
+        print("\n".join(f"  {line}" for line in sections[name]))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rkopt",
+        description="Runge–Kutta optimizers against Adam & co: train, sweep, report.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, handler, sweep, text in (
+        ("train", _train, False, "train one configuration and record it"),
+        ("sweep", _sweep, True, "run a grid (lr × seeds × optimizers × batch sizes), then write the report"),
+    ):
+        sub = commands.add_parser(
+            name,
+            help=text,
+            description=text,
+            epilog=EXPERIMENT_EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            argument_default=argparse.SUPPRESS,
+        )
+        _add_experiment_arguments(sub, sweep)
+        sub.set_defaults(handler=handler, parser=sub)
+    report = commands.add_parser("report", help="write tables and figures for a results directory")
+    report.add_argument("results_dir", metavar="RESULTS_DIR", help="a sweep's or train's --out, or one run")
+    report.add_argument("--out", metavar="DIR", help="where to write (default: RESULTS_DIR/report)")
+    report.add_argument("--quiet", action="store_true", help="do not print the report (default: off)")
+    report.set_defaults(handler=_report)
+    listing = commands.add_parser("list", help="list workloads, optimizers and tableaux")
+    listing.add_argument(
+        "what", nargs="?", choices=("workloads", "optimizers", "tableaux"), help="(default: all)"
+    )
+    listing.set_defaults(handler=_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ConfigError, DatasetUnavailableError) as err:
+        print(f"rkopt {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "rkopt: interrupted; finished runs are kept, run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
