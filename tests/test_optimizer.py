@@ -666,3 +666,12 @@ def test_readme_cost_and_memory_table_matches_the_optimizer():
             optimizer.step(closure)
             assert optimizer.counters.grad_evals == int(expected_evals), (name, policy)
             assert len(optimizer._workspace[theta]) == int(expected_buffers), (name, policy)
+
+
+def test_huge_but_finite_parameters_are_not_mistaken_for_a_divergence():
+    """The fast finite check sums each tensor; a sum that overflows must be confirmed elementwise."""
+    theta = nn.Parameter(torch.full((8,), 1e38))
+    optimizer = rkopt.RK4([theta], lr=1e-3)
+    optimizer.step(quadratic_closure(theta, optimizer, torch.zeros(8, 8)))
+    assert optimizer.counters.steps == 1
+    assert torch.isfinite(theta).all()

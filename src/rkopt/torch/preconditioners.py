@@ -77,8 +77,7 @@ class AdaGrad(DiagonalPreconditioner):
     def propose(self, ops, group, steps, gradient, statistics, proposed, scale) -> None:
         (sum_sq,), (new_sum_sq,) = statistics, proposed
         ops.addcmul_into(new_sum_sq, sum_sq, gradient, gradient, 1.0)
-        ops.copy_(scale, new_sum_sq)
-        ops.add_scalar_(scale, group["precond_delta"])
+        ops.add_scalar_into(scale, new_sum_sq, group["precond_delta"])
         ops.rsqrt_(scale)
 
 

