@@ -46,7 +46,7 @@ TARGET_BATCH, TARGET_OVERHEAD = 128, 0.05
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser)
-    parser.add_argument("--batch-sizes", default="32,128", help="comma-separated (default 32,128)")
+    parser.add_argument("--batch-sizes", default="32,128,512", help="comma-separated (default 32,128,512)")
     parser.add_argument("--budget", type=float, help="seconds per batch size (default 20; --quick 2)")
     return parser
 
