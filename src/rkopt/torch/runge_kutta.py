@@ -319,6 +319,10 @@ class GroupRun:
         self.group["h"] = self.h
 
 
+def _loss_value(loss: Any) -> float:
+    return loss.detach().item() if isinstance(loss, Tensor) and loss.numel() == 1 else float(loss)
+
+
 def _is_finite(loss: Any) -> bool:
     if isinstance(loss, Tensor):
         if loss.numel() == 1:  # one scalar read instead of isfinite's four small kernels and all()
@@ -583,7 +587,7 @@ class RungeKutta(Optimizer):
             return "skipped"
         raise NonFiniteStepError(
             "a non-finite loss or update occurred during the Runge–Kutta step (losses of its "
-            f"closure calls: {[float(loss) for loss in self._stage_losses]}); the parameters were "
+            f"closure calls: {[_loss_value(loss) for loss in self._stage_losses]}); the parameters were "
             "restored to θ_n. Lower lr, use an adaptive lr_policy, or pass on_nonfinite='skip'"
         )
 
