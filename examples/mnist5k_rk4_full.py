@@ -17,7 +17,9 @@ import rkopt
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="rk4-full", choices=list(rkopt.PRESETS))
     parser.add_argument("--lr", type=float, default=0.1, help="step h, or its cap for adaptive presets")
     parser.add_argument("--epochs", type=int, default=5)
