@@ -675,3 +675,75 @@ def test_huge_but_finite_parameters_are_not_mistaken_for_a_divergence():
     optimizer.step(quadratic_closure(theta, optimizer, torch.zeros(8, 8)))
     assert optimizer.counters.steps == 1
     assert torch.isfinite(theta).all()
+
+
+# -- plans kept between steps, copies ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("copier", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("preset", ["rk4", "rk4-full", "dopri5-adaptive"])
+def test_a_copied_optimizer_continues_exactly_like_the_original(preset, copier):
+    """deepcopy / pickle keep the tableau, options and counters (torch.optim only keeps the groups)."""
+    x, y = make_data()
+    model = make_mlp()
+    optimizer = rkopt.preset(preset, model.parameters(), lr=0.1, on_nonfinite="skip")
+    train(model, optimizer, 2, x, y)
+    if copier == "deepcopy":
+        model_copy, optimizer_copy = copy.deepcopy((model, optimizer))
+    else:
+        import pickle
+
+        model_copy, optimizer_copy = pickle.loads(pickle.dumps((model, optimizer)))
+    assert optimizer_copy.tableau == optimizer.tableau
+    assert optimizer_copy.on_nonfinite == "skip"
+    assert optimizer_copy.counters == optimizer.counters
+    assert not optimizer_copy._workspace  # rebuilt on demand, not copied
+    train(model, optimizer, 2, x, y)
+    train(model_copy, optimizer_copy, 2, x, y)
+    assert torch.equal(flat(model_copy), flat(model))
+    assert optimizer_copy.counters == optimizer.counters
+
+
+def test_changing_a_group_between_steps_rebuilds_its_plan():
+    """The per-group plan is reused across steps only while the group's shape-giving options and its
+    parameters with gradients are unchanged; every change takes effect at the next step."""
+    x, y = make_data()
+    changes = [
+        lambda opt, model: opt.param_groups[0].update(momentum=0.9),
+        lambda opt, model: opt.param_groups[0].update(weight_decay=0.01),
+        lambda opt, model: opt.param_groups[0].update(maximize=True),
+        lambda opt, model: opt.param_groups[0].update(foreach=True),
+        lambda opt, model: opt.param_groups[0].update(preconditioner="adagrad"),
+        lambda opt, model: model[0].bias.requires_grad_(False),
+    ]
+    for change in changes:
+        model, reference_model = make_mlp(), make_mlp()
+        optimizer = rkopt.RK4(model.parameters(), lr=0.1)
+        train(model, optimizer, 2, x, y)
+        train(reference_model, rkopt.RK4(reference_model.parameters(), lr=0.1), 2, x, y)
+        change(optimizer, model)
+        reference = rkopt.RK4(reference_model.parameters(), lr=0.1)
+        change(reference, reference_model)
+        train(model, optimizer, 2, x, y)
+        train(reference_model, reference, 2, x, y)
+        assert torch.equal(flat(model), flat(reference_model))
+
+
+def test_no_gradient_is_kept_alive_between_steps():
+    """A kept plan must not pin the last step's gradients (they alias the stage directions)."""
+    import weakref
+
+    model = make_mlp()
+    x, y = make_data()
+    optimizer = rkopt.RK4(model.parameters(), lr=0.1)
+    closure = make_closure(model, optimizer, x, y)
+    gradients: list[weakref.ref] = []
+
+    def recording_closure():
+        loss = closure()
+        gradients.extend(weakref.ref(p.grad) for p in model.parameters())
+        return loss
+
+    optimizer.step(recording_closure)
+    optimizer.zero_grad(set_to_none=True)
+    assert gradients and all(ref() is None for ref in gradients)

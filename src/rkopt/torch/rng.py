@@ -23,7 +23,7 @@ class RNGSnapshot:
     @classmethod
     def capture(cls) -> RNGSnapshot:
         cuda = None
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
+        if torch.cuda.is_initialized():  # initialised implies available; is_available() is slow
             cuda = tuple(torch.cuda.get_rng_state_all())
         return cls(cpu=torch.get_rng_state(), cuda=cuda)
 

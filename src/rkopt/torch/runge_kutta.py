@@ -95,13 +95,33 @@ def _combine_into(
         ops.axpy_(dst, x, alpha)
 
 
-class GroupRun:
-    """The work of one param group during one step: buffers, stage directions, the candidate."""
+_PLAN_KEYS = (
+    "foreach",
+    "preconditioner",
+    "lr_policy",
+    "maximize",
+    "weight_decay",
+    "decoupled_weight_decay",
+    "momentum",
+)
+"""The group keys that shape a :class:`GroupRun`'s plan (the others are read at every step)."""
 
-    def __init__(self, optimizer: RungeKutta, group: dict[str, Any], params: list[Tensor]) -> None:
+
+class GroupRun:
+    """The work of one param group in a step: buffers, stage directions, the candidate.
+
+    The plan (ops flavour, field, slots, buffers, nonzero tableau terms) depends only on ``key``:
+    the optimizer keeps a run between steps while its key is unchanged and calls :meth:`reset`,
+    so that a step spends no time rebuilding it.
+    """
+
+    def __init__(
+        self, optimizer: RungeKutta, group: dict[str, Any], params: list[Tensor], key: tuple
+    ) -> None:
         self.optimizer = optimizer
         self.group = group
         self.params = params
+        self.key = key
         self.tableau = optimizer.tableau
         self.states = [optimizer.state[p] for p in params]
         self.ops = list_ops(optimizer._use_foreach(group, params))
@@ -112,25 +132,31 @@ class GroupRun:
         self.decoupled_decay = group["weight_decay"] if group["decoupled_weight_decay"] else 0.0
         self.momentum = group["momentum"]
         self.identity_field = (
-            self.preconditioner is None
-            and self.coupled_decay == 0.0
-            and self.sign > 0
-            and not optimizer._igr_active
+            self.preconditioner is None and self.coupled_decay == 0.0 and self.sign > 0 and not optimizer._igr
         )
-        self.last = optimizer._stages_needed - 1
+        self.last = optimizer._stages - 1
         # FSAL with its last stage evaluated: that stage's point θ_n - h Σ a_sj d_j is θ_{n+1}
         self.candidate_is_last_point = (
             self.tableau.fsal and self.last == self.tableau.stages - 1 and self.momentum == 0.0
         )
         self.slots, _ = self.tableau.storage_plan(self.policy.keep_until(self.tableau), self.last + 1)
+        # stage i's point θ_n - h Σ_j a_ij d_j: the (j, a_ij) with a_ij != 0
+        self.stage_terms = [tuple((j, a) for j, a in enumerate(row) if a != 0.0) for row in self.tableau.a]
+        self.error_weights = self.tableau.error_weights if self.policy.name == "error_control" else None
+        self._buffers: dict[str, list[Tensor]] = {}
+        self.theta0 = self.buffer("theta0")
+        self.reset()
+
+    def reset(self) -> None:
+        """Drop the step's references (directions alias gradients): between steps a run holds
+        only its plan and workspace buffers."""
         self.directions: list[Tensors | None] = [None] * (self.last + 1)
         self.h = 0.0
         self.at_theta0 = True
-        self._buffers: dict[str, list[Tensor]] = {}
-        self.theta0 = self.buffer("theta0")
         self.scale: Tensors | None = None
         self.proposed: list[Tensors] = []
-        self._init_state()
+        self.update: _Accumulator | None = None
+        self.error: _Accumulator | None = None
 
     # -- buffers ---------------------------------------------------------------------------
 
@@ -147,7 +173,10 @@ class GroupRun:
             self._buffers[role] = out
         return self._buffers[role]
 
-    def _init_state(self) -> None:
+    def init_state(self) -> None:
+        """Create the state the group's equations keep (momentum, preconditioner statistics)."""
+        if self.preconditioner is None and self.momentum == 0.0:
+            return
         statistics = self.preconditioner.statistics if self.preconditioner else ()
         for p, state in zip(self.params, self.states, strict=True):
             for key in statistics:
@@ -238,7 +267,7 @@ class GroupRun:
 
     def move_to_stage(self, stage: int) -> None:
         """θ ← θ_n - h Σ_j a_ij d_j for stage i = ``stage``."""
-        terms = [(self.directions[j], -self.h * a) for j, a in enumerate(self.tableau.a[stage]) if a != 0.0]
+        terms = [(self.directions[j], -self.h * a) for j, a in self.stage_terms[stage]]
         if not terms and self.at_theta0:
             return
         _combine_into(self.ops, self.params, self.theta0, terms, self.at_theta0)
@@ -268,7 +297,7 @@ class GroupRun:
         elif self.update is not None and not last:
             self.update.add(direction, -self.h * self.tableau.b[stage])
         if self.error is not None:
-            self.error.add(direction, self.h * self.tableau.error_weights[stage])
+            self.error.add(direction, self.h * self.error_weights[stage])
 
     def write_candidate(self) -> None:
         """θ ← the step's result (the parameters then hold θ_{n+1}, still revocable)."""
@@ -432,12 +461,18 @@ class RungeKutta(Optimizer):
             "igr_eps": igr_eps,
         }
         self.counters = Counters()
+        self._init_transient()
+        super().__init__(params, defaults)
+
+    def _init_transient(self) -> None:
+        """The attributes that are rebuilt, not saved: workspace, cached plans, policy objects."""
         self.evaluation_index: int | None = None
         self._workspace: dict[Tensor, dict[str, Tensor]] = {}
+        self._runs: dict[int, GroupRun] = {}  # param group index -> its plan, reused while valid
         self._policies: dict[str, StepSizePolicy] = {name: cls() for name, cls in POLICIES.items()}
         self._stage_losses: list[Any] = []
         self._rejections = 0
-        super().__init__(params, defaults)
+        self._stages, self._igr = 0, False  # closure calls per attempt, IGR on: set by each step
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -482,7 +517,25 @@ class RungeKutta(Optimizer):
         if igr_groups and len({g["maximize"] for g in self.param_groups}) > 1:
             raise ValueError("igr > 0 needs the same `maximize` in every param group")
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            **super().__getstate__(),
+            "tableau": self.tableau,
+            "on_nonfinite": self.on_nonfinite,
+            "keep_workspace": self.keep_workspace,
+            "counters": self.counters,
+        }
+
     def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickling (all keys) and ``load_state_dict`` (only state and param groups)."""
+        state = dict(state)
+        own = {"tableau": "rk4", "on_nonfinite": "raise", "keep_workspace": True, "counters": None}
+        for name, default in own.items():
+            if name in state or not hasattr(self, name):
+                setattr(self, name, state.pop(name, default))
+        self.tableau = get_tableau(self.tableau)
+        self.counters = self.counters or Counters()
+        self._init_transient()
         super().__setstate__(state)
         extra = {**_BASE_DEFAULTS, **policy_hyperparameters(), **preconditioner_hyperparameters()}
         for group in self.param_groups:
@@ -509,6 +562,7 @@ class RungeKutta(Optimizer):
     def free_workspace(self) -> None:
         """Release the work buffers kept between steps (they are re-allocated when needed)."""
         self._workspace.clear()
+        self._runs.clear()  # their plans hold the buffers
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -520,7 +574,7 @@ class RungeKutta(Optimizer):
         counters = state_dict.pop("counters", None)
         super().load_state_dict(state_dict)
         self.counters = Counters(**counters) if counters is not None else Counters()
-        self._workspace.clear()
+        self.free_workspace()
 
     # -- the step --------------------------------------------------------------------------
 
@@ -567,13 +621,16 @@ class RungeKutta(Optimizer):
                 run.restore_theta0()
             raise
         finally:  # the work done is counted whatever the outcome
+            for run in runs:
+                run.reset()
+            self._stage_losses = []
             self.counters.grad_evals += calls
             self.counters.rejected_steps += self._rejections
             self.evaluation_index = None
             if after_first is not None:
                 after_first.restore()
             if not self.keep_workspace:
-                self._workspace.clear()
+                self.free_workspace()
         if outcome == "skipped":
             self.counters.skipped_steps += 1
         else:
@@ -592,11 +649,20 @@ class RungeKutta(Optimizer):
         )
 
     def _start_runs(self) -> list[GroupRun]:
+        """A run per group with gradients: the cached one if its plan still fits, else a new one."""
         runs = []
-        for group in self.param_groups:
+        self._stages, self._igr = self._stages_needed, self._igr_active  # fixed for the step
+        shared = (self._stages, self._igr)
+        for index, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
-            if params:
-                runs.append(GroupRun(self, group, params))
+            if not params:
+                continue
+            key = (id(group), *map(id, params), *shared, *(group[k] for k in _PLAN_KEYS))
+            run = self._runs.get(index)
+            if run is None or run.key != key:  # a run holds its params, so their ids are unique
+                run = self._runs[index] = GroupRun(self, group, params, key)
+            run.init_state()
+            runs.append(run)
         return runs
 
     def _policy_groups(self, runs: Sequence[GroupRun]) -> list[tuple[StepSizePolicy, list[GroupRun]]]:
@@ -617,7 +683,7 @@ class RungeKutta(Optimizer):
         made) and return each target's direction d = P_n q there (``stage=None``: a probe)."""
         self._stage_losses.append(evaluate() if loss is None else loss)
         raw = [run.gradients() for run in runs]
-        igr = self._igr_active
+        igr = self._igr
         gradients = self._igr_gradients(runs, targets, raw, stage, evaluate) if igr else raw
         return [
             run.record_direction(stage, gradient, signed_in_place=igr)
@@ -746,7 +812,7 @@ class RungeKutta(Optimizer):
                 run.start_attempt()
             for policy, members in policies:
                 policy.observe(members, 0)
-            for stage in range(1, self._stages_needed):
+            for stage in range(1, self._stages):
                 for run in runs:
                     run.move_to_stage(stage)
                 self._evaluate_directions(runs, runs, stage, evaluate)
