@@ -747,3 +747,21 @@ def test_no_gradient_is_kept_alive_between_steps():
     optimizer.step(recording_closure)
     optimizer.zero_grad(set_to_none=True)
     assert gradients and all(ref() is None for ref in gradients)
+
+
+@pytest.mark.parametrize(("preset", "key"), [("rk4-momentum", "momentum_buffer"), ("rk4-precond", "sum_sq")])
+def test_a_state_reset_by_the_user_is_honoured_by_the_kept_plan(preset, key):
+    """Replacing ``optimizer.state`` (a common way to reset momentum) restarts from fresh state."""
+    from collections import defaultdict
+
+    x, y = make_data()
+    model, reference_model = make_mlp(), make_mlp()
+    optimizer = rkopt.preset(preset, model.parameters(), lr=0.1)
+    train(model, optimizer, 2, x, y)
+    train(reference_model, rkopt.preset(preset, reference_model.parameters(), lr=0.1), 2, x, y)
+    optimizer.state = defaultdict(dict)
+    train(model, optimizer, 2, x, y)
+    train(reference_model, rkopt.preset(preset, reference_model.parameters(), lr=0.1), 2, x, y)
+    assert torch.equal(flat(model), flat(reference_model))
+    assert len(optimizer.state) == len(list(model.parameters()))
+    assert all(key in state for state in optimizer.state.values())

@@ -123,7 +123,7 @@ class GroupRun:
         self.params = params
         self.key = key
         self.tableau = optimizer.tableau
-        self.states = [optimizer.state[p] for p in params]
+        self.states: list[dict[str, Any]] = []  # bound by init_state at every step
         self.ops = list_ops(optimizer._use_foreach(group, params))
         self.policy = optimizer._policies[group["lr_policy"]]
         self.preconditioner = get_preconditioner(group["preconditioner"])
@@ -174,9 +174,11 @@ class GroupRun:
         return self._buffers[role]
 
     def init_state(self) -> None:
-        """Create the state the group's equations keep (momentum, preconditioner statistics)."""
+        """Bind the parameters' state dicts (a user may have replaced them since the last step) and
+        create what the group's equations keep: momentum, preconditioner statistics."""
         if self.preconditioner is None and self.momentum == 0.0:
-            return
+            return  # plain Runge–Kutta keeps no state
+        self.states = [self.optimizer.state[p] for p in self.params]
         statistics = self.preconditioner.statistics if self.preconditioner else ()
         for p, state in zip(self.params, self.states, strict=True):
             for key in statistics:
