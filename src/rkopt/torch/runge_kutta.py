@@ -654,7 +654,7 @@ class RungeKutta(Optimizer):
         """A run per group with gradients: the cached one if its plan still fits, else a new one."""
         runs = []
         self._stages, self._igr = self._stages_needed, self._igr_active  # fixed for the step
-        shared = (self._stages, self._igr)
+        shared = (id(self.tableau), self._stages, self._igr)
         for index, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
