@@ -47,7 +47,7 @@ import rkopt
 WORKLOAD = "mlp-mnist5k"
 BARE = "rk4 bare torch ops (reference)"
 LR = 0.05
-TARGET_BATCH, TARGET_OVERHEAD = 128, 0.05
+PROFILED_BATCH, TARGET_OVERHEAD = 128, 0.05
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,7 +256,7 @@ def run(args: argparse.Namespace) -> Section:
             )
         for runner in runners[:2]:
             verdicts.append(verdict(runner, by_label[BARE], batch_size, floor))
-        if batch_size == TARGET_BATCH:
+        if batch_size == PROFILED_BATCH:
             profiles = [(runner, runner.breakdown(batches)) for runner in runners[:2]]
     section.blocks += [
         "Wall time of one step with its closure calls (RK4: 4 calls on one batch; 4 × SGD: four "
@@ -276,7 +276,7 @@ def run(args: argparse.Namespace) -> Section:
     section.targets += verdicts
     for runner, profile in profiles:
         section.blocks.append(
-            f"Where the time of {runner.label} outside its closure calls goes (batch {TARGET_BATCH}, "
+            f"Where the time of {runner.label} outside its closure calls goes (batch {PROFILED_BATCH}, "
             "ops per step over 3 profiled steps):\n\n" + profile.markdown()
         )
     return section
