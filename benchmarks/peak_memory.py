@@ -9,6 +9,10 @@ makes), and allocations inside the closure are left out. On CUDA the caching all
 shown beside it. The gradients are the closure's, not counted. Steps are measured in steady state
 (after two warm-up steps).
 
+The gradients the optimizer keeps alive are measured apart: with a closure that gives every call
+fresh gradient tensors (as backward does after ``zero_grad(set_to_none=True)``), the bytes of
+gradients of earlier calls (not the last one, which is ``p.grad``) still alive when a call starts.
+
 The required count per configuration comes from the tableau's nonzero structure
 (``StepStructure.required_buffers``): θ_n; the accumulator unless θ_{n+1} is the last stage point
 (FSAL with every stage evaluated); one slot per overlapping interval of stage directions that
@@ -22,6 +26,7 @@ Run: ``python benchmarks/peak_memory.py`` (``--quick`` for a smoke run).
 from __future__ import annotations
 
 import argparse
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 
@@ -43,6 +48,7 @@ from _common import (
     release_memory,
     resolve_device,
 )
+from torch import Tensor
 
 import rkopt
 
@@ -106,6 +112,7 @@ class Footprint:
     transient_peak: int
     largest_transient: str
     cuda_peak: int | None
+    stale_gradients: int  # bytes of earlier calls' gradients alive when a closure call starts (max)
 
     def excess(self) -> dict[str, int]:
         """Kinds of buffer the workspace holds more of than the structure requires, and how many more."""
@@ -147,6 +154,37 @@ def transient_peak(events) -> tuple[int, str]:
     return peak, f"{largest[1]}: {largest[0]:,} B" if largest[0] else "–"
 
 
+class FreshGradients:
+    """A closure whose every call makes new gradient tensors (as backward after
+    ``zero_grad(set_to_none=True)``); ``stale`` is the most bytes of gradients from calls before the
+    last one that were still alive when a call started, i.e. held by the optimizer."""
+
+    def __init__(self, parameters: ParameterSet) -> None:
+        self.pairs = list(zip(parameters.params, parameters.grads, strict=True))
+        self.calls: list[list[weakref.ref]] = []
+        self.stale = 0
+
+    def __call__(self) -> Tensor:
+        alive = [ref() for refs in self.calls[:-1] for ref in refs]
+        self.stale = max(self.stale, sum(t.nbytes for t in alive if t is not None))
+        del alive
+        for p, g in self.pairs:
+            p.grad = None
+            p.grad = g.clone()
+        self.calls.append([weakref.ref(p.grad) for p, _ in self.pairs])
+        return torch.ones((), device=self.pairs[0][0].device)
+
+
+def stale_gradients(name: str, options: dict, parameters: ParameterSet, foreach: bool) -> int:
+    optimizer = make_optimizer(name, parameters.params, LR, foreach=foreach, **options)
+    closure = FreshGradients(parameters)
+    for _ in range(3):
+        optimizer.step(closure)
+    for p in parameters.params:
+        p.grad = None
+    return closure.stale
+
+
 def measure(
     label: str, name: str, options: dict, parameters: ParameterSet, device, foreach: bool
 ) -> Footprint:
@@ -180,6 +218,7 @@ def measure(
         peak,
         largest,
         cuda_peak,
+        stale_gradients(name, options, parameters, foreach),
     )
 
 
@@ -212,6 +251,7 @@ def run(args: argparse.Namespace) -> Section:
             times(f.during),
             f"{times(f.transient_peak)} ({f.largest_transient})",
             f"{sum(required.values())}: " + ", ".join(f"{k} {v}" for k, v in required.items() if v),
+            times(f.stale_gradients),
         ]
         if f.cuda_peak is not None:
             row.append(times(f.cuda_peak))
@@ -226,6 +266,7 @@ def run(args: argparse.Namespace) -> Section:
         "during a step ×P",
         "step's transient peak ×P (largest live then)",
         "buffers the structure requires",
+        "earlier calls' gradients held ×P",
     ]
     if device.type == "cuda":
         headers.append("CUDA allocator peak above start ×P")
@@ -266,6 +307,14 @@ def memory_targets(footprints: dict[str, Footprint], size: int) -> list[Target]:
             "presets keep only the state their equations need (momentum 1, AdaGrad 1, both 2)",
             all(extra[label] == needs[label] for label in extra),
             ", ".join(f"{label}: {extra[label]} (needs {needs[label]})" for label in extra),
+        )
+    )
+    holding = {label: f.stale_gradients / size for label, f in footprints.items() if f.stale_gradients}
+    targets.append(
+        Target(
+            "no configuration keeps a gradient of an earlier closure call alive (fresh gradients per call)",
+            not holding,
+            ", ".join(f"{label}: {p:.2f} P" for label, p in holding.items()) or "0 bytes in every config",
         )
     )
     pairs = [f for f in footprints.values() if f.structure.tableau.is_embedded]

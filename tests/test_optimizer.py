@@ -766,3 +766,35 @@ def test_a_state_reset_by_the_user_is_honoured_by_the_kept_plan(preset, key):
     assert torch.equal(flat(model), flat(reference_model))
     assert len(optimizer.state) == len(list(model.parameters()))
     assert all(key in state for state in optimizer.state.values())
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [*(("preset", name) for name in PRESETS), *(("tableau", name) for name in rkopt.TABLEAUX)],
+)
+def test_a_step_holds_no_gradient_of_an_earlier_closure_call(kind, name):
+    """With ``zero_grad(set_to_none=True)`` every backward allocates fresh gradients; the step must
+    let the previous ones go (directions that outlive a call live in slots), so that at most the
+    current gradients exist besides the workspace, as in SGD."""
+    import weakref
+
+    model = make_mlp()
+    x, y = make_data()
+    if kind == "preset":
+        optimizer = rkopt.preset(name, model.parameters(), lr=0.1)
+    else:
+        optimizer = rkopt.RungeKutta(model.parameters(), lr=0.1, tableau=name)
+    closure = make_closure(model, optimizer, x, y)
+    calls: list[list[weakref.ref]] = []
+    stale: list[int] = []
+
+    def recording_closure():
+        # on entry the last call's gradients are p.grad; any older one still alive is held by the step
+        stale.append(sum(ref() is not None for refs in calls[:-1] for ref in refs))
+        loss = closure()
+        calls.append([weakref.ref(p.grad) for p in model.parameters()])
+        return loss
+
+    for _ in range(2):
+        optimizer.step(recording_closure)
+    assert len(calls) >= 2 and max(stale) == 0, stale

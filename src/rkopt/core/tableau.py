@@ -218,19 +218,26 @@ class ButcherTableau:
             max((i for i in range(j + 1, stages) if self.a[i][j] != 0.0), default=j) for j in range(stages)
         )
 
+    def lifetimes(
+        self, keep_until: Mapping[int, int] | None = None, stages: int | None = None
+    ) -> tuple[int, ...]:
+        """For each stage j, the last stage that reads k_j: ``last_uses()[j]``, extended by
+        ``keep_until`` (e.g. ``{0: s}`` keeps k_1 for the whole step)."""
+        needed = list(self.last_uses(stages))
+        for stage, until in (keep_until or {}).items():
+            needed[stage] = max(needed[stage], until)
+        return tuple(needed)
+
     def storage_plan(
         self, keep_until: Mapping[int, int] | None = None, stages: int | None = None
     ) -> tuple[tuple[int | None, ...], int]:
         """Assign stage directions that outlive the next stage to reusable buffer slots.
 
-        Stage j's direction k_j is needed until stage ``last_uses()[j]``; if that is j + 1 it is read
-        straight from the gradient and needs no slot. ``keep_until`` extends the need of some stages
-        (e.g. ``{0: s}`` keeps k_1 for the whole step). Returns (slot per stage or None, slot count):
-        the greedy interval colouring, which uses the least possible number of slots.
+        Stage j's direction k_j is needed until stage ``lifetimes(keep_until)[j]``; if that is j + 1
+        it is read straight from the gradient and needs no slot. Returns (slot per stage or None, slot
+        count): the greedy interval colouring, which uses the least possible number of slots.
         """
-        needed = list(self.last_uses(stages))
-        for stage, until in (keep_until or {}).items():
-            needed[stage] = max(needed[stage], until)
+        needed = self.lifetimes(keep_until, stages)
         slots: list[int | None] = [None] * len(needed)
         free_at: list[int] = []  # slot -> stage after which it is free again
         for j in range(len(needed)):

@@ -139,7 +139,21 @@ class GroupRun:
         self.candidate_is_last_point = (
             self.tableau.fsal and self.last == self.tableau.stages - 1 and self.momentum == 0.0
         )
-        self.slots, _ = self.tableau.storage_plan(self.policy.keep_until(self.tableau), self.last + 1)
+        # closure calls of other groups' policies come between stages too: a retry (error control)
+        # re-runs every group from its stage 1, a curvature probe (DAL) evaluates every group after
+        # stage 1; d_1 must then outlive them in a slot (a gradient may be overwritten in place)
+        keep_until = dict(self.policy.keep_until(self.tableau))
+        if optimizer._retries:
+            keep_until[0] = max(keep_until.get(0, 0), self.tableau.stages)
+        elif optimizer._probes:
+            keep_until[0] = max(keep_until.get(0, 0), 2)
+        self.slots, _ = self.tableau.storage_plan(keep_until, self.last + 1)
+        # once stage i's point is written, the directions no later work reads are let go: a direction
+        # that aliases a gradient must not keep it alive after the closure replaces p.grad
+        lifetimes = self.tableau.lifetimes(keep_until, self.last + 1)
+        self.released_at = [
+            tuple(j for j in range(i) if max(lifetimes[j], j + 1) == i) for i in range(self.last + 1)
+        ]
         # stage i's point θ_n - h Σ_j a_ij d_j: the (j, a_ij) with a_ij != 0
         self.stage_terms = [tuple((j, a) for j, a in enumerate(row) if a != 0.0) for row in self.tableau.a]
         self.error_weights = self.tableau.error_weights if self.policy.name == "error_control" else None
@@ -268,12 +282,14 @@ class GroupRun:
             self.at_theta0 = True
 
     def move_to_stage(self, stage: int) -> None:
-        """θ ← θ_n - h Σ_j a_ij d_j for stage i = ``stage``."""
+        """θ ← θ_n - h Σ_j a_ij d_j for stage i = ``stage``; then drop the directions read for the
+        last time (so the next closure call frees the gradients they alias)."""
         terms = [(self.directions[j], -self.h * a) for j, a in self.stage_terms[stage]]
-        if not terms and self.at_theta0:
-            return
-        _combine_into(self.ops, self.params, self.theta0, terms, self.at_theta0)
-        self.at_theta0 = False
+        if terms or not self.at_theta0:
+            _combine_into(self.ops, self.params, self.theta0, terms, self.at_theta0)
+            self.at_theta0 = False
+        for j in self.released_at[stage]:
+            self.directions[j] = None
 
     def start_attempt(self) -> None:
         """Open the accumulators of one attempt at step h and add stage 1 to them."""
@@ -474,7 +490,8 @@ class RungeKutta(Optimizer):
         self._policies: dict[str, StepSizePolicy] = {name: cls() for name, cls in POLICIES.items()}
         self._stage_losses: list[Any] = []
         self._rejections = 0
-        self._stages, self._igr = 0, False  # closure calls per attempt, IGR on: set by each step
+        # closure calls per attempt, IGR on, retries (error control) or probes (DAL) possible: per step
+        self._stages, self._igr, self._retries, self._probes = 0, False, False, False
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -544,12 +561,6 @@ class RungeKutta(Optimizer):
             for key, value in extra.items():
                 group.setdefault(key, value)
             group.setdefault("h", None)
-
-    @property
-    def _stages_needed(self) -> int:
-        """Closure calls per attempt: trailing stages that feed nothing are skipped."""
-        error_control = any(group["lr_policy"] == "error_control" for group in self.param_groups)
-        return self.tableau.stages_needed(error_estimate=error_control)
 
     @property
     def _igr_active(self) -> bool:
@@ -653,8 +664,11 @@ class RungeKutta(Optimizer):
     def _start_runs(self) -> list[GroupRun]:
         """A run per group with gradients: the cached one if its plan still fits, else a new one."""
         runs = []
-        self._stages, self._igr = self._stages_needed, self._igr_active  # fixed for the step
-        shared = (id(self.tableau), self._stages, self._igr)
+        policies = {group["lr_policy"] for group in self.param_groups}
+        self._retries, self._probes = "error_control" in policies, "dal" in policies
+        self._stages = self.tableau.stages_needed(error_estimate=self._retries)  # fixed for the step
+        self._igr = self._igr_active
+        shared = (id(self.tableau), self._stages, self._igr, self._retries, self._probes)
         for index, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
