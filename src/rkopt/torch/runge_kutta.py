@@ -139,14 +139,7 @@ class GroupRun:
         self.candidate_is_last_point = (
             self.tableau.fsal and self.last == self.tableau.stages - 1 and self.momentum == 0.0
         )
-        # closure calls of other groups' policies come between stages too: a retry (error control)
-        # re-runs every group from its stage 1, a curvature probe (DAL) evaluates every group after
-        # stage 1; d_1 must then outlive them in a slot (a gradient may be overwritten in place)
-        keep_until = dict(self.policy.keep_until(self.tableau))
-        if optimizer._retries:
-            keep_until[0] = max(keep_until.get(0, 0), self.tableau.stages)
-        elif optimizer._probes:
-            keep_until[0] = max(keep_until.get(0, 0), 2)
+        keep_until = optimizer._keep_until
         self.slots, _ = self.tableau.storage_plan(keep_until, self.last + 1)
         # once stage i's point is written, the directions no later work reads are let go: a direction
         # that aliases a gradient must not keep it alive after the closure replaces p.grad
@@ -490,8 +483,8 @@ class RungeKutta(Optimizer):
         self._policies: dict[str, StepSizePolicy] = {name: cls() for name, cls in POLICIES.items()}
         self._stage_losses: list[Any] = []
         self._rejections = 0
-        # closure calls per attempt, IGR on, retries (error control) or probes (DAL) possible: per step
-        self._stages, self._igr, self._retries, self._probes = 0, False, False, False
+        # set by each step: closure calls per attempt, IGR on, the directions every group keeps
+        self._stages, self._igr, self._keep_until = 0, False, {}
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -665,10 +658,15 @@ class RungeKutta(Optimizer):
         """A run per group with gradients: the cached one if its plan still fits, else a new one."""
         runs = []
         policies = {group["lr_policy"] for group in self.param_groups}
-        self._retries, self._probes = "error_control" in policies, "dal" in policies
-        self._stages = self.tableau.stages_needed(error_estimate=self._retries)  # fixed for the step
+        self._stages = self.tableau.stages_needed(error_estimate="error_control" in policies)
         self._igr = self._igr_active
-        shared = (id(self.tableau), self._stages, self._igr, self._retries, self._probes)
+        # a policy's extra closure calls (a retry, a probe) evaluate every group: every group keeps
+        # the directions any policy in use needs past them (a gradient may be overwritten in place)
+        self._keep_until = {}
+        for name in policies:
+            for stage, until in self._policies[name].keep_until(self.tableau).items():
+                self._keep_until[stage] = max(self._keep_until.get(stage, 0), until)
+        shared = (id(self.tableau), self._stages, self._igr, *sorted(self._keep_until.items()))
         for index, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:

@@ -35,7 +35,8 @@ class StepSizePolicy:
         """Raise ``ValueError`` naming the key if ``group`` cannot use this policy."""
 
     def keep_until(self, tableau: ButcherTableau) -> dict[int, int]:
-        """Stage directions this policy reads later than the tableau does: {stage: until stage}."""
+        """Stage directions that must outlive this policy's own reads or extra closure calls (which
+        evaluate every group, so the optimizer applies this to all groups): {stage: until stage}."""
         return {}
 
     def choose(self, runs: Sequence[GroupRun], probe: Callable[[Sequence[GroupRun]], float]) -> None:
@@ -104,7 +105,7 @@ class DriftAdjusted(StepSizePolicy):
             )
 
     def keep_until(self, tableau) -> dict[int, int]:
-        return {0: 2}
+        return {0: 2}  # the free estimate reads d_1 at stage 2; a probe call comes after stage 1
 
     def choose(self, runs, probe) -> None:
         self._difference_sq = self._displacement_sq = 0.0
