@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 
 import rkopt
+from rkopt.core.plan import GroupPlan
+from rkopt.torch.planning import describe
 
 # -- optimizer configurations -------------------------------------------------------------
 
@@ -59,76 +61,70 @@ Transfers = tuple[str, int, int]
 
 @dataclass(frozen=True)
 class StepStructure:
-    """What one step of a configuration must compute, read off its tableau's nonzero structure.
+    """What one step of a configuration computes, read off the optimizer's own step plan
+    (``rkopt.torch.planning.describe``: the tableau's nonzero structure, the policy's needs).
 
     Only the options of the presets are modelled (tableau, momentum without Nesterov, a diagonal
     preconditioner, the fixed / free-DAL / error-control policies); others raise ``ValueError``.
     """
 
     name: str
-    tableau: rkopt.ButcherTableau
-    stages: int  # stages a step evaluates (a trailing stage that feeds nothing may be skipped)
-    slots: tuple[int | None, ...]  # the slot per stage of ButcherTableau.storage_plan, None: no slot
-    slot_count: int
+    plan: GroupPlan
     policy: str
-    momentum: bool
-    statistics: int  # parameter-sized statistics of the preconditioner, 0 without one
 
     @classmethod
     def of(cls, name: str) -> StepStructure:
-        from rkopt.torch import POLICIES, get_preconditioner
-
         kwargs = config_kwargs(name)
         unsupported = {"weight_decay", "nesterov", "igr", "maximize", "dal_estimator"} & {
             key for key, value in kwargs.items() if value and value != "free"
         }
         if unsupported:
             raise ValueError(f"{name}: options {sorted(unsupported)} are not modelled")
-        tableau = rkopt.get_tableau(kwargs.get("tableau", "rk4"))
-        policy = kwargs.get("lr_policy", "fixed")
-        needed = getattr(tableau, "stages_needed", None)  # newer rkopt skips trailing unused stages
-        stages = needed(error_estimate=policy == "error_control") if needed else tableau.stages
-        keep = POLICIES[policy]().keep_until(tableau)
-        plan = tableau.storage_plan(keep) if stages == tableau.stages else tableau.storage_plan(keep, stages)
-        preconditioner = get_preconditioner(kwargs.get("preconditioner"))
-        return cls(
-            name,
-            tableau,
-            stages,
-            plan[0],
-            plan[1],
-            policy,
-            kwargs.get("momentum", 0.0) > 0.0,
-            len(preconditioner.statistics) if preconditioner else 0,
-        )
+        return cls(name, describe(**kwargs), kwargs.get("lr_policy", "fixed"))
+
+    @property
+    def tableau(self) -> rkopt.ButcherTableau:
+        return self.plan.step.tableau
+
+    @property
+    def stages(self) -> int:
+        """Stages a step evaluates (a trailing stage that feeds nothing is skipped)."""
+        return self.plan.step.stages
+
+    @property
+    def slots(self) -> tuple[int | None, ...]:
+        return self.plan.step.slots
+
+    @property
+    def momentum(self) -> bool:
+        return self.plan.update == "sum"
+
+    @property
+    def statistics(self) -> int:
+        """Parameter-sized statistics of the preconditioner, 0 without one."""
+        return sum(role.startswith("precond_") and role != "precond_scale" for role in self.plan.buffers)
 
     @property
     def final_is_stage_point(self) -> bool:
         """FSAL with every stage evaluated: θ_{n+1} is the last stage point, written already."""
-        return not self.momentum and self.stages == self.tableau.stages and self.tableau.fsal
+        return self.plan.candidate_is_last_point
 
     @property
     def weights(self) -> list[int]:
         """The evaluated stages with b_i != 0."""
         return [i for i in range(self.stages) if self.tableau.b[i] != 0.0]
 
-    @property
-    def accumulator_needed(self) -> bool:
-        return self.momentum or (
-            not self.final_is_stage_point and any(i < self.stages - 1 for i in self.weights)
-        )
-
     def required_buffers(self) -> dict[str, int]:
-        """Parameter-sized work buffers the equations need during a step (the gradients aside)."""
-        precond = self.statistics > 0
+        """Parameter-sized work buffers the plan uses during a step (the gradients aside)."""
+        roles = self.plan.buffers
         return {
-            "θ_n": 1,
-            "accumulator": int(self.accumulator_needed),
-            "slots": self.slot_count,
-            "error": int(self.policy == "error_control"),
-            "P_n": int(precond),
+            "θ_n": int("theta0" in roles),
+            "accumulator": int("accumulator" in roles),
+            "slots": self.plan.step.slot_count,
+            "error": int("error" in roles),
+            "P_n": int("precond_scale" in roles),
             "proposed statistics": self.statistics,
-            "direction": int(precond and None in self.slots[: self.stages]),
+            "direction": int("scratch" in roles),
         }
 
     @property

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import rkopt
+from rkopt.core.options import real
 from support import quadratic_closure
 
 DTYPE = torch.float64
@@ -95,7 +96,7 @@ def test_a_user_preconditioner_plugs_in_without_touching_the_solver():
         """P = scale (a constant), to show the extension point."""
 
         name = "test_fixed"
-        hyperparameters = {"fixed_scale": 0.5}
+        options = (rkopt.Option("fixed_scale", 0.5, real(0.0, low_open=True), doc="P"),)
         statistics = ("calls",)
 
         def propose(self, ops, group, steps, gradient, statistics, proposed, scale):

@@ -1,10 +1,27 @@
 """rkopt: explicit Runge–Kutta methods on the gradient flow dθ/dt = -∇L(θ) as optimizers.
 
-The solver core (:mod:`rkopt.core`) is pure Python; the PyTorch optimizer lives in
-:mod:`rkopt.torch` and is re-exported here.
+The solver core (:mod:`rkopt.core`: tableaux, the step plan, options, step-size policies) is pure
+Python; the PyTorch optimizer lives in :mod:`rkopt.torch` and is re-exported here.
 """
 
-from rkopt.core import ALIASES, TABLEAUX, ButcherTableau, PIController, dal_step_size, get_tableau
+from rkopt.core import (
+    ALIASES,
+    POLICIES,
+    TABLEAUX,
+    Attempt,
+    ButcherTableau,
+    Option,
+    PIController,
+    PolicyNeeds,
+    ProbeRequest,
+    ProbeResult,
+    StepPlan,
+    StepSizePolicy,
+    Verdict,
+    dal_step_size,
+    get_tableau,
+    register_policy,
+)
 from rkopt.torch import (
     PRESETS,
     RK4,
@@ -18,21 +35,25 @@ from rkopt.torch import (
     NonFiniteStepError,
     RMSProp,
     RungeKutta,
+    StepInProgressError,
     StepRejectedError,
     frozen_buffers,
     is_first_evaluation,
     preset,
     register_preconditioner,
+    repeat_batches,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ALIASES",
+    "POLICIES",
     "PRESETS",
     "RK4",
     "TABLEAUX",
     "AdaGrad",
+    "Attempt",
     "ButcherTableau",
     "Counters",
     "DiagonalPreconditioner",
@@ -41,15 +62,24 @@ __all__ = [
     "Heun",
     "Midpoint",
     "NonFiniteStepError",
+    "Option",
     "PIController",
+    "PolicyNeeds",
+    "ProbeRequest",
+    "ProbeResult",
     "RMSProp",
     "RungeKutta",
+    "StepInProgressError",
+    "StepPlan",
     "StepRejectedError",
+    "StepSizePolicy",
+    "Verdict",
     "__version__",
     "dal_step_size",
     "frozen_buffers",
     "get_tableau",
     "is_first_evaluation",
     "preset",
-    "register_preconditioner",
+    "register_policy",
+    "repeat_batches",
 ]

@@ -1,6 +1,8 @@
 """The PyTorch binding: the Runge–Kutta optimizer and its pieces."""
 
 from rkopt.torch.aliases import RK4, DormandPrince, Euler, Heun, Midpoint
+from rkopt.torch.config import group_options
+from rkopt.torch.errors import Counters, NonFiniteStepError, StepInProgressError, StepRejectedError
 from rkopt.torch.preconditioners import (
     AdaGrad,
     DiagonalPreconditioner,
@@ -9,36 +11,35 @@ from rkopt.torch.preconditioners import (
     register_preconditioner,
 )
 from rkopt.torch.presets import PRESETS, preset
-from rkopt.torch.runge_kutta import (
-    Counters,
-    NonFiniteStepError,
-    RungeKutta,
-    StepRejectedError,
-)
+from rkopt.torch.runge_kutta import RungeKutta
 from rkopt.torch.running_stats import frozen_buffers, is_first_evaluation
-from rkopt.torch.step_size import POLICIES, DriftAdjusted, ErrorControl, StepSizePolicy
+from rkopt.torch.stagewise import repeat_batches
+from rkopt.torch.update_rules import HeavyBall, Nesterov, PlainUpdate, UpdateRule
 
 __all__ = [
-    "POLICIES",
     "PRESETS",
     "RK4",
     "AdaGrad",
     "Counters",
     "DiagonalPreconditioner",
     "DormandPrince",
-    "DriftAdjusted",
-    "ErrorControl",
     "Euler",
+    "HeavyBall",
     "Heun",
     "Midpoint",
+    "Nesterov",
     "NonFiniteStepError",
+    "PlainUpdate",
     "RMSProp",
     "RungeKutta",
+    "StepInProgressError",
     "StepRejectedError",
-    "StepSizePolicy",
+    "UpdateRule",
     "frozen_buffers",
     "get_preconditioner",
+    "group_options",
     "is_first_evaluation",
     "preset",
     "register_preconditioner",
+    "repeat_batches",
 ]

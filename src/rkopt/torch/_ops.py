@@ -267,3 +267,42 @@ def list_ops(foreach: bool) -> TensorListOps:
 
 _PER_TENSOR = TensorListOps()
 _FOREACH = ForeachOps()
+
+
+class Combination:
+    """dst ← base + Σ α_i x_i, built one term at a time: the one linear-combination primitive.
+
+    ``base=None`` stands for 0; ``base is dst`` updates dst in place. Terms with α = 0 are skipped
+    (h = 0 makes every term vanish). :attr:`value` is the result so far (``base`` until a term is
+    added); :meth:`materialize` makes dst hold it.
+    """
+
+    __slots__ = ("base", "dst", "ops", "started")
+
+    def __init__(self, ops: TensorListOps, dst: Tensors, base: Tensors | None) -> None:
+        self.ops, self.dst, self.base = ops, dst, base
+        self.started = base is dst
+
+    def add(self, x: Tensors, alpha: float) -> Combination:
+        if alpha == 0.0:
+            return self
+        if self.started:
+            self.ops.axpy_(self.dst, x, alpha)
+        elif self.base is None:
+            self.ops.scale_into(self.dst, x, alpha)
+        else:
+            self.ops.axpy_into(self.dst, self.base, x, alpha)
+        self.started = True
+        return self
+
+    @property
+    def value(self) -> Tensors | None:
+        return self.dst if self.started else self.base
+
+    def materialize(self) -> None:
+        """dst ← the combination, also when no term was added."""
+        if not self.started:
+            if self.base is None:
+                raise ValueError("a combination of no terms with base 0 has no value to write")
+            self.ops.copy_(self.dst, self.base)
+            self.started = True

@@ -6,7 +6,7 @@ during a step: it proposes the statistics after the step into buffers the optimi
 the optimizer commits them only once the step is accepted, so a failed step changes nothing.
 
 To add one, subclass :class:`DiagonalPreconditioner` and :func:`register_preconditioner` it; its
-hyperparameters become param-group keys.
+``options`` become param-group keys.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from rkopt.core.options import Option, real
 from rkopt.torch._ops import TensorListOps, Tensors
 
 
@@ -23,16 +24,17 @@ class DiagonalPreconditioner(ABC):
 
     Class attributes:
         name: the value of the ``preconditioner`` group key that selects it.
-        hyperparameters: param-group keys it reads, with their defaults.
+        options: param-group keys it reads, with their defaults and checks.
         statistics: names of the parameter-sized tensors it keeps in the optimizer state.
     """
 
     name: ClassVar[str]
-    hyperparameters: ClassVar[dict[str, Any]] = {}
+    options: ClassVar[tuple[Option, ...]] = ()
     statistics: ClassVar[tuple[str, ...]] = ()
 
     def validate(self, group: Mapping[str, Any]) -> None:
-        """Raise ``ValueError`` naming the key if a hyperparameter of ``group`` is invalid."""
+        """Raise ``ValueError`` if ``group``'s keys are invalid together (each key's own check has
+        already passed)."""
 
     @abstractmethod
     def propose(
@@ -53,14 +55,6 @@ class DiagonalPreconditioner(ABC):
         """
 
 
-def _check_positive(group: Mapping[str, Any], key: str, strict: bool = True) -> None:
-    value = group[key]
-    ok = isinstance(value, (int, float)) and (value > 0 if strict else value >= 0)
-    if not ok or value != value:
-        bound = "> 0" if strict else ">= 0"
-        raise ValueError(f"{key} must be a number {bound}, got {value!r}")
-
-
 class AdaGrad(DiagonalPreconditioner):
     """The paper's modified AdaGrad: G_n = Σ_{l<=n} q_1(θ_l)², P_n = (δ + G_n)^(-1/2).
 
@@ -68,11 +62,8 @@ class AdaGrad(DiagonalPreconditioner):
     """
 
     name = "adagrad"
-    hyperparameters = {"precond_delta": 1.0}
+    options = (Option("precond_delta", 1.0, real(0.0, low_open=True), doc="δ"),)
     statistics = ("sum_sq",)
-
-    def validate(self, group: Mapping[str, Any]) -> None:
-        _check_positive(group, "precond_delta")
 
     def propose(self, ops, group, steps, gradient, statistics, proposed, scale) -> None:
         (sum_sq,), (new_sum_sq,) = statistics, proposed
@@ -86,14 +77,11 @@ class RMSProp(DiagonalPreconditioner):
     P_n = 1 / (√v̂_n + ε)."""
 
     name = "rmsprop"
-    hyperparameters = {"precond_beta2": 0.999, "precond_eps": 1e-8}
+    options = (
+        Option("precond_beta2", 0.999, real(0.0, 1.0, high_open=True), doc="β2"),
+        Option("precond_eps", 1e-8, real(0.0, low_open=True), doc="ε"),
+    )
     statistics = ("exp_avg_sq",)
-
-    def validate(self, group: Mapping[str, Any]) -> None:
-        beta2 = group["precond_beta2"]
-        if not isinstance(beta2, (int, float)) or not 0.0 <= beta2 < 1.0:
-            raise ValueError(f"precond_beta2 must be in [0, 1), got {beta2!r}")
-        _check_positive(group, "precond_eps")
 
     def propose(self, ops, group, steps, gradient, statistics, proposed, scale) -> None:
         beta2 = group["precond_beta2"]
@@ -115,9 +103,14 @@ def register_preconditioner(preconditioner: DiagonalPreconditioner) -> DiagonalP
     """Make ``preconditioner`` selectable by ``preconditioner=<its name>`` in param groups."""
     if not isinstance(preconditioner, DiagonalPreconditioner):
         raise TypeError("register_preconditioner expects a DiagonalPreconditioner instance")
-    if not getattr(preconditioner, "name", ""):
+    name = getattr(preconditioner, "name", "")
+    if not isinstance(name, str) or not name:
         raise ValueError("a preconditioner needs a non-empty class attribute 'name'")
-    PRECONDITIONERS[preconditioner.name] = preconditioner
+    taken = {o.name for p in PRECONDITIONERS.values() if p.name != name for o in p.options}
+    clash = sorted(taken & {o.name for o in preconditioner.options})
+    if clash:
+        raise ValueError(f"register_preconditioner({name!r}): option(s) {clash} belong to another one")
+    PRECONDITIONERS[name] = preconditioner
     return preconditioner
 
 
@@ -125,7 +118,7 @@ def get_preconditioner(name: str | None) -> DiagonalPreconditioner | None:
     """The registered preconditioner called ``name`` (None for none)."""
     if name is None:
         return None
-    if name not in PRECONDITIONERS:
+    if not isinstance(name, str) or name not in PRECONDITIONERS:
         valid = ", ".join(["None", *sorted(PRECONDITIONERS)])
         raise ValueError(
             f"unknown preconditioner {name!r}; valid: {valid} "
@@ -134,12 +127,13 @@ def get_preconditioner(name: str | None) -> DiagonalPreconditioner | None:
     return PRECONDITIONERS[name]
 
 
-def preconditioner_hyperparameters() -> dict[str, Any]:
-    """The group keys (with defaults) of every registered preconditioner."""
-    keys: dict[str, Any] = {}
-    for preconditioner in PRECONDITIONERS.values():
-        keys.update(preconditioner.hyperparameters)
-    return keys
+PRECONDITIONER_OPTION = Option(
+    "preconditioner",
+    None,
+    lambda key, value: get_preconditioner(value),
+    shapes_plan=True,
+    doc="None or a registered preconditioner's name",
+)
 
 
 register_preconditioner(AdaGrad())
@@ -147,6 +141,7 @@ register_preconditioner(RMSProp())
 
 __all__ = [
     "PRECONDITIONERS",
+    "PRECONDITIONER_OPTION",
     "AdaGrad",
     "DiagonalPreconditioner",
     "RMSProp",

@@ -1,0 +1,223 @@
+"""The step engine: one Runge–Kutta step over every param group, as a generator of evaluations.
+
+:meth:`StepProgram.run` executes the :class:`rkopt.core.plan.StepPlan`: stage 1's directions,
+the policies' probes and initial steps, attempts at stages 2..s (retried as the policies decide),
+the finite check and the commit. Each time it needs the model evaluated at the current parameters
+it yields (the kind: ``"stage"``, ``"probe"``, ``"igr"`` or ``"candidate"``) and is resumed with
+that evaluation's loss, so the same program serves a closure called in a loop
+(``step(closure)``) and one evaluation per ``step()`` call (``stagewise=True``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator, Sequence
+from typing import Any
+
+from torch import Tensor
+
+from rkopt.core.plan import StepPlan
+from rkopt.core.policies import Attempt, ProbeRequest, ProbeResult, StepSizePolicy
+from rkopt.torch.errors import NonFiniteStepError, StepRejectedError
+from rkopt.torch.group_run import GroupRun
+from rkopt.torch.igr import igr_fields
+
+Program = Generator[str, Any, str]
+
+MAX_ATTEMPTS = 1000
+"""A policy that has not accepted or failed after this many attempts is a bug: the step raises."""
+
+
+def is_finite(loss: Any) -> bool:
+    """Whether a loss is finite (None: unknown, a stage-wise step given no loss; its gradients
+    were checked instead)."""
+    if loss is None:
+        return True
+    if isinstance(loss, Tensor):
+        if loss.numel() == 1:  # one scalar read instead of isfinite's four small kernels and all()
+            return math.isfinite(loss.item())
+        return bool(loss.isfinite().all())
+    return math.isfinite(float(loss))
+
+
+def loss_value(loss: Any) -> float | None:
+    """A loss as a float (None where unknown or not a scalar)."""
+    if isinstance(loss, Tensor):
+        return loss.detach().item() if loss.numel() == 1 else None
+    return None if loss is None else float(loss)
+
+
+class StepProgram:
+    """One step of ``runs`` (the groups with gradients) under ``plan``.
+
+    ``policies`` pairs each step-size policy in use with its runs, in group order.
+    """
+
+    def __init__(
+        self,
+        runs: list[GroupRun],
+        plan: StepPlan,
+        policies: Sequence[tuple[StepSizePolicy, list[GroupRun]]],
+        on_nonfinite: str,
+    ) -> None:
+        self.runs, self.plan, self.policies, self.on_nonfinite = runs, plan, policies, on_nonfinite
+        self.losses: list[Any] = []  # of the evaluations that count: θ_n, probes, the current attempt
+        self.rejections = 0
+
+    def restore(self) -> None:
+        """Put every group back at θ_n (after an error anywhere in the step)."""
+        for run in self.runs:
+            run.restore_theta0()
+
+    # -- the program -----------------------------------------------------------------------
+
+    def run(self, first_loss: Any) -> Program:
+        """The step after the evaluation at θ_n; returns ``"accepted"`` or ``"skipped"``."""
+        runs = self.runs
+        self.losses = [first_loss]
+        if not runs:
+            return "accepted" if is_finite(first_loss) else self.nonfinite()
+        for run in runs:
+            run.save_theta0()
+        yield from self.record(runs, 0)
+        for policy, members in self.policies:
+            groups = [run.group for run in members]
+            request = policy.probe(groups)
+            result = (yield from self.probe(members, request)) if request is not None else None
+            for run, h in zip(members, policy.initial_steps(groups, result), strict=True):
+                run.h = h
+        settled = len(self.losses)
+        for index in range(MAX_ATTEMPTS):
+            del self.losses[settled:]
+            candidate_loss = yield from self.attempt()
+            if not is_finite(first_loss):
+                break  # no smaller step helps when θ_n itself is bad: the step fails as non-finite
+            attempts = [
+                self.report(policy, members, index, candidate_loss) for policy, members in self.policies
+            ]
+            verdicts = [
+                policy.judge([run.group for run in members], attempt)
+                for (policy, members), attempt in zip(self.policies, attempts, strict=True)
+            ]
+            failed = [verdict for verdict in verdicts if verdict.action == "fail"]
+            if failed:
+                self.rejections += 1
+                raise StepRejectedError(failed[0].message)
+            if all(verdict.action == "accept" for verdict in verdicts):
+                break
+            self.rejections += 1
+            for (_, members), verdict in zip(self.policies, verdicts, strict=True):
+                if verdict.action == "retry":
+                    for run, h in zip(members, verdict.h, strict=True):
+                        run.h = h
+        else:
+            names = [policy.name for policy, _ in self.policies]
+            raise RuntimeError(
+                f"lr_policy {names} made {MAX_ATTEMPTS} attempts; a policy must bound its retries"
+            )
+        finite = all(is_finite(loss) for loss in self.losses) and all(run.candidate_finite() for run in runs)
+        if not finite:
+            return self.nonfinite()
+        for run in runs:
+            run.commit()
+        for (policy, members), attempt in zip(self.policies, attempts, strict=True):
+            policy.commit([run.group for run in members], attempt)
+        return "accepted"
+
+    def attempt(self) -> Program:
+        """Stages 2..s from the stored stage 1 at the runs' h; the parameters then hold the
+        candidate θ_{n+1}. Returns the loss there when a policy asked for it."""
+        runs, plan = self.runs, self.plan
+        for run in runs:
+            run.restore_theta0()
+            run.start_attempt()
+            run.measure(run.needs.norms, 0)
+        for stage in range(1, plan.stages):
+            for run in runs:
+                run.move_to_stage(stage)
+            self.losses.append((yield "stage"))
+            yield from self.record(runs, stage)
+            for run in runs:
+                run.accumulate(stage)
+                run.measure(run.needs.norms, stage)
+        for run in runs:
+            run.write_candidate()
+        if not plan.evaluate_candidate:
+            return None
+        loss = yield "candidate"
+        if loss is None:
+            raise RuntimeError(
+                "a step-size policy in use needs the loss at θ_{n+1}; a stage-wise step given no loss "
+                "cannot provide it: pass step(closure) or step(loss=loss) at each call"
+            )
+        self.losses.append(loss)
+        return loss_value(loss)
+
+    def record(self, targets: Sequence[GroupRun], stage: int | None) -> Program:
+        """Each target's direction d = P_n q at the current point, from the gradients of the
+        evaluation just made (``stage=None``: a probe). The IGR term evaluates once more."""
+        raw = [run.gradients() for run in self.runs]
+        if self.plan.igr:
+            gradients = yield from igr_fields(self.runs, targets, raw, stage, self.losses)
+        else:
+            gradients = raw
+        return [
+            run.record_direction(stage, gradient, signed_in_place=self.plan.igr)
+            for run, gradient in zip(self.runs, gradients, strict=True)
+            if run in targets
+        ]
+
+    def probe(self, members: Sequence[GroupRun], request: ProbeRequest) -> Program:
+        """One evaluation at θ_n - ε d̂ on the requested groups, d̂ = d_1/‖d_1‖ over them together."""
+        probing = [members[i] for i in request.groups]
+        direction_sq = sum(float(run.ops.sum_squares(run.directions[0])) for run in probing)
+        if direction_sq == 0.0:
+            return ProbeResult(request.eps, 0.0, 0.0)
+        norm = math.sqrt(direction_sq)
+        for run in probing:
+            run.displace(run.directions[0], -request.eps / norm)
+        try:
+            self.losses.append((yield "probe"))
+            probes = yield from self.record(probing, None)
+        finally:
+            for run in probing:
+                run.restore_theta0()
+        difference_sq = sum(
+            float(run.ops.sum_squared_difference(d, run.directions[0]))
+            for run, d in zip(probing, probes, strict=True)
+        )
+        return ProbeResult(request.eps, direction_sq, difference_sq)
+
+    def report(
+        self, policy: StepSizePolicy, members: Sequence[GroupRun], index: int, candidate_loss: float | None
+    ) -> Attempt:
+        """The values of the attempt just made, for ``policy``'s groups."""
+        finite = all(is_finite(loss) for loss in self.losses[1:])
+        errors = []
+        for run in members:
+            if not run.needs.error_estimate:
+                errors.append(None)
+            elif finite:
+                errors.append(run.scaled_error(*policy.tolerances(run.group)))
+            else:
+                errors.append(math.inf)
+        return Attempt(
+            index=index,
+            h=tuple(run.h for run in members),
+            norms=tuple(run.norms for run in members),
+            scaled_error=tuple(errors),
+            finite=finite,
+            loss=loss_value(self.losses[0]),
+            candidate_loss=candidate_loss,
+            tableau=self.plan.tableau,
+        )
+
+    def nonfinite(self) -> str:
+        self.restore()
+        if self.on_nonfinite == "skip":
+            return "skipped"
+        raise NonFiniteStepError(
+            "a non-finite loss or update occurred during the Runge–Kutta step (losses of its "
+            f"evaluations: {[loss_value(loss) for loss in self.losses]}); the parameters were "
+            "restored to θ_n. Lower lr, use an adaptive lr_policy, or pass on_nonfinite='skip'"
+        )

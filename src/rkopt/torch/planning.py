@@ -1,0 +1,126 @@
+"""From param groups to a step's program: the plans, kept while their keys hold.
+
+The shared :class:`~rkopt.core.plan.StepPlan` follows from the tableau and what every group's
+step-size policy needs (a policy's extra evaluations serve every group, so every group keeps the
+directions any policy reads past them). Each group with gradients gets a
+:class:`~rkopt.torch.group_run.GroupRun` executing its :class:`~rkopt.core.plan.GroupPlan`, with
+its vector field and update rule; it is rebuilt only when its key (the group, its parameters with
+gradients, the shared plan and the plan-shaping options) changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import Tensor
+
+from rkopt.core.plan import GroupPlan, StepPlan
+from rkopt.core.policies import PolicyNeeds, StepSizePolicy, get_policy
+from rkopt.core.tableau import ButcherTableau
+from rkopt.core.tableaux import get_tableau
+from rkopt.torch._ops import list_ops
+from rkopt.torch.config import group_options
+from rkopt.torch.engine import StepProgram
+from rkopt.torch.field import VectorField
+from rkopt.torch.group_run import GroupRun
+from rkopt.torch.preconditioners import get_preconditioner
+from rkopt.torch.update_rules import UpdateRule, update_rule
+
+
+def step_plan(
+    tableau: ButcherTableau, groups: Sequence[Mapping[str, Any]], needs: Sequence[PolicyNeeds]
+) -> StepPlan:
+    """The plan every group shares."""
+    keep_until: dict[int, int] = {}
+    for need in needs:
+        for stage, until in need.keep_until:
+            keep_until[stage] = max(keep_until.get(stage, 0), until)
+    return StepPlan.build(
+        tableau,
+        error_estimate=any(need.error_estimate for need in needs),
+        keep_until=keep_until,
+        igr=any(group["igr"] > 0 for group in groups),
+        evaluate_candidate=any(need.evaluate_candidate for need in needs),
+    )
+
+
+def group_parts(
+    group: Mapping[str, Any], plan: StepPlan, need: PolicyNeeds, probes: bool
+) -> tuple[GroupPlan, VectorField, UpdateRule]:
+    """A group's plan, vector field and update rule (``probes``: some policy in use probes)."""
+    field = VectorField(group, get_preconditioner(group["preconditioner"]), plan.igr)
+    rule = update_rule(group)
+    group_plan = plan.group(
+        sums_directions=rule.sums_directions,
+        error_estimate=need.error_estimate,
+        identity_field=field.identity,
+        statistics=field.statistics,
+        probes=probes,
+    )
+    return group_plan, field, rule
+
+
+def describe(tableau: str | ButcherTableau = "rk4", **options: Any) -> GroupPlan:
+    """The plan of a one-group optimizer ``RungeKutta(params, lr, tableau, **options)``
+    (what the benchmarks and the documentation read)."""
+    tableau = get_tableau(tableau)
+    group = {**group_options().defaults(), "lr": 1.0, **options}
+    need = get_policy(group["lr_policy"])().needs(group, tableau)
+    return group_parts(group, step_plan(tableau, [group], [need]), need, need.probes)[0]
+
+
+def _use_foreach(group: Mapping[str, Any], params: list[Tensor]) -> bool:
+    if group["foreach"] is not None:
+        return group["foreach"]
+    return bool(params) and all(p.is_cuda for p in params)
+
+
+class Planner:
+    """An optimizer's plans, runs and policy objects, kept between steps."""
+
+    def __init__(self, workspace: dict[Tensor, dict[str, Tensor]]) -> None:
+        self.workspace = workspace
+        self.runs: dict[int, GroupRun] = {}  # param group index -> its run
+        self.plans: dict[tuple, StepPlan] = {}
+        self.policies: dict[str, StepSizePolicy] = {}
+
+    def policy(self, name: str) -> StepSizePolicy:
+        policy = self.policies.get(name)
+        if policy is None or type(policy) is not get_policy(name):  # re-registered names too
+            policy = self.policies[name] = get_policy(name)()
+        return policy
+
+    def program(
+        self,
+        groups: Sequence[dict[str, Any]],
+        tableau: ButcherTableau,
+        state: Mapping[Tensor, dict[str, Any]],
+        on_nonfinite: str,
+    ) -> StepProgram:
+        """The step over every group with gradients."""
+        needs = [self.policy(group["lr_policy"]).needs(group, tableau) for group in groups]
+        key = (id(tableau), any(group["igr"] > 0 for group in groups), *needs)
+        plan = self.plans.get(key)
+        if plan is None or plan.tableau is not tableau:
+            self.plans.clear()
+            plan = self.plans[key] = step_plan(tableau, groups, needs)
+        probes = any(need.probes for need in needs)
+        plan_keys = group_options().plan_keys
+        runs, by_policy = [], {}
+        for index, (group, need) in enumerate(zip(groups, needs, strict=True)):
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            run_key = (id(group), *map(id, params), id(plan), probes, need, *(group[k] for k in plan_keys))
+            run = self.runs.get(index)
+            if run is None or run.key != run_key:  # a run holds its params, so their ids are unique
+                group_plan, field, rule = group_parts(group, plan, need, probes)
+                ops = list_ops(_use_foreach(group, params))
+                run = GroupRun(group, params, group_plan, ops, field, rule, need, self.workspace, run_key)
+                self.runs[index] = run
+            run.begin_step(state)
+            runs.append(run)
+            by_policy.setdefault(group["lr_policy"], []).append(run)
+        policies = [(self.policy(name), members) for name, members in by_policy.items()]
+        return StepProgram(runs, plan, policies, on_nonfinite)
