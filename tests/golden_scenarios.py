@@ -197,10 +197,25 @@ def closure_driver(optimizer, model, x, y, set_to_none) -> Any:
     return optimizer.step(closure)
 
 
-def run(spec: dict[str, Any], *, foreach: bool = False, driver: Driver = closure_driver) -> dict[str, Any]:
+def stagewise_driver(optimizer, model, x, y, set_to_none, *, pass_loss: bool = False) -> Any:
+    """One step of a stage-wise optimizer in a plain ``backward(); step()`` loop over
+    ``repeat_batches``; returns the loss of the step's first evaluation."""
+    first = None
+    for xb, yb in rkopt.repeat_batches([(x, y)], optimizer):
+        optimizer.zero_grad(set_to_none=set_to_none)
+        loss = nn.functional.cross_entropy(model(xb), yb)
+        loss.backward()
+        optimizer.step(loss=loss if pass_loss else None)
+        first = loss if first is None else first
+    return first
+
+
+def run(
+    spec: dict[str, Any], *, foreach: bool = False, driver: Driver = closure_driver, **overrides: Any
+) -> dict[str, Any]:
     """Train STEPS steps of the scenario ``spec``; what the fixture records of it."""
     model = make_model()
-    kwargs = {**spec["kwargs"], "foreach": foreach}
+    kwargs = {**spec["kwargs"], "foreach": foreach, **overrides}
     optimizer = rkopt.RungeKutta(param_groups(model, spec.get("groups")), spec["lr"], **kwargs)
     scheduler = None
     if "gamma" in spec:

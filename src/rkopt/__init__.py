@@ -81,5 +81,6 @@ __all__ = [
     "is_first_evaluation",
     "preset",
     "register_policy",
+    "register_preconditioner",
     "repeat_batches",
 ]

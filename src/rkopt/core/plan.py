@@ -15,10 +15,11 @@ Both are pure data computed from values; the bindings execute them, the benchmar
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from rkopt.core.policies import PolicyNeeds
 from rkopt.core.tableau import ButcherTableau
 
 Terms = tuple[tuple[int, float], ...]
@@ -91,6 +92,36 @@ class StepPlan:
             igr=igr,
             error_estimate=error_estimate,
             evaluate_candidate=evaluate_candidate,
+        )
+
+    @classmethod
+    def for_needs(
+        cls, tableau: ButcherTableau, needs: Iterable[PolicyNeeds], *, igr: bool = False
+    ) -> StepPlan:
+        """The plan that serves every group's policy needs (one evaluation serves all groups, so
+        each group keeps what any policy reads past it): a retry reuses d_1, so d_1 lives through
+        the step; a probe evaluates after stage 1 and reads d_1 afterwards; a norm of d_i - d_j
+        keeps the earlier direction until the later one is known."""
+        needs = list(needs)
+        keep_until: dict[int, int] = {}
+
+        def keep(stage: int, until: int) -> None:
+            keep_until[stage] = max(keep_until.get(stage, 0), until)
+
+        for need in needs:
+            if need.retries:
+                keep(0, tableau.stages)
+            if need.probes:
+                keep(0, 2)
+            for i, j in need.norms:
+                if j is not None:
+                    keep(min(i, j), max(i, j))
+        return cls.build(
+            tableau,
+            error_estimate=any(need.error_estimate for need in needs),
+            keep_until=keep_until,
+            igr=igr,
+            evaluate_candidate=any(need.evaluate_candidate for need in needs),
         )
 
     @property

@@ -37,20 +37,21 @@ Norm = tuple[int, int | None]
 class PolicyNeeds:
     """What a policy reads from a step of one group.
 
+    The plan derives from these which stage directions to keep and for how long.
+
     Attributes:
-        keep_until: {stage: until stage}: directions the policy (or its extra evaluations, which
-            evaluate every group) needs alive past their last read by the tableau.
         error_estimate: the scaled embedded error of each attempt (:meth:`StepSizePolicy.tolerances`).
         norms: the sums of squares of stage directions (and their differences) of each attempt.
         evaluate_candidate: the loss at θ_{n+1} of each attempt (one more evaluation).
         probes: the policy may request a probe (:meth:`StepSizePolicy.probe`).
+        retries: the policy may answer :meth:`Verdict.retry` (a retry reuses stage 1).
     """
 
-    keep_until: tuple[tuple[int, int], ...] = ()
     error_estimate: bool = False
     norms: tuple[Norm, ...] = ()
     evaluate_candidate: bool = False
     probes: bool = False
+    retries: bool = False
 
 
 @dataclass(frozen=True)
@@ -182,9 +183,8 @@ class DriftAdjusted(StepSizePolicy):
             )
 
     def needs(self, group, tableau) -> PolicyNeeds:
-        # the free estimate reads d_1 at stage 2; a probe evaluation comes after stage 1
         norms = ((1, 0), (0, None)) if group["dal_estimator"] == "free" else ()
-        return PolicyNeeds(keep_until=((0, 2),), norms=norms, probes=True)
+        return PolicyNeeds(norms=norms, probes=True)
 
     @staticmethod
     def _probing(group: Mapping[str, Any]) -> bool:
@@ -264,7 +264,7 @@ class ErrorControl(StepSizePolicy):
         )
 
     def needs(self, group, tableau) -> PolicyNeeds:
-        return PolicyNeeds(keep_until=((0, tableau.stages),), error_estimate=True)  # retries reuse d_1
+        return PolicyNeeds(error_estimate=True, retries=True)
 
     def tolerances(self, group) -> tuple[float, float]:
         return group["atol"], group["rtol"]

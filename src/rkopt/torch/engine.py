@@ -83,6 +83,10 @@ class StepProgram:
         for policy, members in self.policies:
             groups = [run.group for run in members]
             request = policy.probe(groups)
+            if request is not None and not any(run.needs.probes for run in members):
+                raise RuntimeError(
+                    f"lr_policy {policy.name!r} probed without declaring PolicyNeeds(probes=True)"
+                )
             result = (yield from self.probe(members, request)) if request is not None else None
             for run, h in zip(members, policy.initial_steps(groups, result), strict=True):
                 run.h = h
@@ -106,8 +110,13 @@ class StepProgram:
             if all(verdict.action == "accept" for verdict in verdicts):
                 break
             self.rejections += 1
-            for (_, members), verdict in zip(self.policies, verdicts, strict=True):
+            for (policy, members), verdict in zip(self.policies, verdicts, strict=True):
                 if verdict.action == "retry":
+                    if not all(run.needs.retries for run in members):
+                        raise RuntimeError(
+                            f"lr_policy {policy.name!r} asked for a retry without declaring "
+                            "PolicyNeeds(retries=True) (a retry needs stage 1 kept)"
+                        )
                     for run, h in zip(members, verdict.h, strict=True):
                         run.h = h
         else:

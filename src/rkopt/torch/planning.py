@@ -32,17 +32,7 @@ def step_plan(
     tableau: ButcherTableau, groups: Sequence[Mapping[str, Any]], needs: Sequence[PolicyNeeds]
 ) -> StepPlan:
     """The plan every group shares."""
-    keep_until: dict[int, int] = {}
-    for need in needs:
-        for stage, until in need.keep_until:
-            keep_until[stage] = max(keep_until.get(stage, 0), until)
-    return StepPlan.build(
-        tableau,
-        error_estimate=any(need.error_estimate for need in needs),
-        keep_until=keep_until,
-        igr=any(group["igr"] > 0 for group in groups),
-        evaluate_candidate=any(need.evaluate_candidate for need in needs),
-    )
+    return StepPlan.for_needs(tableau, needs, igr=any(group["igr"] > 0 for group in groups))
 
 
 def group_parts(

@@ -174,6 +174,7 @@ class RungeKutta(Optimizer):
         self._require_between_steps("capture_rng_state()")
         self._batch_rng = RNGSnapshot.capture()
 
+    @torch.no_grad()
     def abort_step(self) -> None:
         """Abandon a stage-wise step in progress: θ_n is restored and nothing else changes except
         the counters of the evaluations spent. A no-op between steps."""
