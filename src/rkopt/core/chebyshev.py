@@ -57,8 +57,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from numbers import Integral, Real
+from numbers import Real
 
+from rkopt.core.chebyshev_polynomials import (
+    chebyshev_t,
+    chebyshev_t_closed,
+    chebyshev_t_derivatives,
+    check_real,
+    is_int,
+)
 from rkopt.core.tableau import ButcherTableau
 
 MAX_STAGES = 500
@@ -72,91 +79,6 @@ MIN_STAGES: dict[int, int] = {1: 1, 2: 2}
 
 _UNIT_ROUNDOFF_SLACK = 1e-13
 """|R(z)| may exceed 1 by this much (rounding of R(0) = 1) before z counts as unstable."""
-
-
-# -- Chebyshev polynomials -----------------------------------------------------------------------
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool)
-
-
-def _check_degree(j: object) -> int:
-    if not _is_int(j) or j < 0:
-        raise ValueError(f"j must be an int >= 0, got {j!r}")
-    return int(j)
-
-
-def _check_real(x: object, name: str) -> float:
-    if isinstance(x, bool) or not isinstance(x, Real) or not math.isfinite(float(x)):
-        raise ValueError(f"{name} must be a finite real number, got {x!r}")
-    return float(x)
-
-
-def chebyshev_t(j: int, x: float) -> float:
-    """T_j(x) by the recurrence T_0 = 1, T_1 = x, T_j = 2x T_{j-1} - T_{j-2}."""
-    return chebyshev_t_derivatives(j, x)[0]
-
-
-def chebyshev_t_derivatives(j: int, x: float) -> tuple[float, float, float]:
-    """(T_j(x), T_j'(x), T_j''(x)) by the three-term recurrences, T_0 = 1, T_1 = x,
-
-        T_j   = 2x T_{j-1}   - T_{j-2}
-        T_j'  = 2x T_{j-1}'  - T_{j-2}'  + 2 T_{j-1}
-        T_j'' = 2x T_{j-1}'' - T_{j-2}'' + 4 T_{j-1}'
-
-    For |x| >= 1/2 they run in Reinsch's difference form, which stays accurate next to x = ±1 where
-    RKC needs them (x = w0 = 1 + ε/s²): with δ = x - 1 and D_j = T_j - T_{j-1},
-    D_j = D_{j-1} + 2δ T_{j-1} (likewise D_j' = D_{j-1}' + 2δ T_{j-1}' + 2 T_{j-1} and
-    D_j'' = D_{j-1}'' + 2δ T_{j-1}'' + 4 T_{j-1}'), with T_j(-x) = (-1)^j T_j(x) for x < 0. The plain
-    recurrence loses ~j² ulps near x = 1 (1.5e-12 at j = 399); this form keeps ~1e-15 relative up
-    to j = 500. For |x| well above 1 the values grow like (2|x|)^j and overflow to ±inf once that
-    passes ~1e308 (j = 500 overflows from |x| ≈ 2.2).
-    """
-    j = _check_degree(j)
-    x = _check_real(x, "x")
-    if j == 0:
-        return 1.0, 0.0, 0.0
-    if abs(x) < 0.5:
-        t_prev, t = 1.0, x
-        d_prev, d = 0.0, 1.0
-        dd_prev, dd = 0.0, 0.0
-        for _ in range(j - 1):
-            t_prev, t, d_prev, d, dd_prev, dd = (
-                t,
-                2.0 * x * t - t_prev,
-                d,
-                2.0 * x * d - d_prev + 2.0 * t,
-                dd,
-                2.0 * x * dd - dd_prev + 4.0 * d,
-            )
-        return t, d, dd
-    y = abs(x)
-    delta = y - 1.0  # exact for y in [1/2, 2] (Sterbenz)
-    t, d, dd = y, 1.0, 0.0  # T_1, T_1', T_1'' at y
-    step, step_d, step_dd = delta, 1.0, 0.0  # T_1 - T_0 and its derivatives
-    for _ in range(j - 1):
-        step_dd += 2.0 * delta * dd + 4.0 * d
-        step_d += 2.0 * delta * d + 2.0 * t
-        step += 2.0 * delta * t
-        t, d, dd = t + step, d + step_d, dd + step_dd
-    if x < 0 and j % 2:
-        return -t, d, -dd
-    if x < 0:
-        return t, -d, dd
-    return t, d, dd
-
-
-def _chebyshev_t_closed(j: int, x: float) -> float:
-    """T_j(x) in closed form: cos(j arccos x) on [-1, 1], ±cosh(j arccosh |x|) outside (O(1) work);
-    ±inf where that overflows."""
-    if abs(x) <= 1.0:
-        return math.cos(j * math.acos(x))
-    try:
-        value = math.cosh(j * math.acosh(abs(x)))
-    except OverflowError:
-        value = math.inf
-    return -value if (x < 0 and j % 2) else value
 
 
 # -- the coefficients ------------------------------------------------------------------------------
@@ -191,14 +113,14 @@ class ChebyshevStage:
 
 
 def _check_order(order: object) -> int:
-    if not _is_int(order) or order not in (1, 2):
+    if not is_int(order) or order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order!r}")
     return int(order)
 
 
 def _check_stages(order: int, stages: object, name: str = "stages") -> int:
     low = MIN_STAGES[order]
-    if not _is_int(stages) or not low <= stages <= MAX_STAGES:
+    if not is_int(stages) or not low <= stages <= MAX_STAGES:
         raise ValueError(
             f"{name} must be an int in [{low}, {MAX_STAGES}] for order-{order} RKC, got {stages!r}"
         )
@@ -314,7 +236,7 @@ class ChebyshevMethod:
     def amplification(self, z: float) -> float:
         """R_s(z) = a_s + b_s T_s(w0 + w1 z) (a_s = 0, b_s = 1/T_s(w0) for order 1), in closed form."""
         data = self._data
-        return data.a[-1] + data.b[-1] * _chebyshev_t_closed(self.stages, data.w0 + data.w1 * z)
+        return data.a[-1] + data.b[-1] * chebyshev_t_closed(self.stages, data.w0 + data.w1 * z)
 
     def stability_polynomial(self) -> tuple[float, ...]:
         """Coefficients r_0..r_s of R_s(z) = a_s + b_s T_s(w0 + w1 z), with θ_{n+1} = R_s(hλ) θ_n on y' = λy.
@@ -398,7 +320,7 @@ def _stability_boundary(order: int, s: int, damping: float) -> float:
     a_s, b_s, w0 = data.a[-1], data.b[-1], data.w0
 
     def stable(x: float) -> bool:
-        return abs(a_s + b_s * _chebyshev_t_closed(s, x)) <= 1.0 + _UNIT_ROUNDOFF_SLACK
+        return abs(a_s + b_s * chebyshev_t_closed(s, x)) <= 1.0 + _UNIT_ROUNDOFF_SLACK
 
     # x descends from w0 (z = 0, where R_s = 1 by construction) in steps of at most 1/32 of a
     # period of T_s in the angle: x = cosh t on [1, w0), x = cos θ on [-1, 1), x = -cosh t below
@@ -474,10 +396,10 @@ def stages_for(
     s is found by bisection, with about log2(max_stages) boundary evaluations (each O(s), cached).
     """
     order = _check_order(order)
-    h_rho = _check_real(h_rho, "h_rho")
+    h_rho = check_real(h_rho, "h_rho")
     if h_rho < 0:
         raise ValueError(f"h_rho must be >= 0, got {h_rho!r}")
-    safety = _check_real(safety, "safety")
+    safety = check_real(safety, "safety")
     if safety <= 0:
         raise ValueError(f"safety must be > 0, got {safety!r}")
     eps = _check_damping(order, damping)
