@@ -18,7 +18,8 @@ DOPRI = rkopt.get_tableau("dormand_prince")
 def test_rk4_reads_every_direction_straight_from_the_gradient():
     plan = StepPlan.build(RK4)
     assert plan.stages == 4
-    assert plan.points == ((), ((0, 0.5),), ((1, 0.5),), ((2, 1.0),))
+    assert [point.directions for point in plan.points] == [(), ((0, 0.5),), ((1, 0.5),), ((2, 1.0),)]
+    assert plan.candidate is None and not any(point.recurrent for point in plan.points)
     assert plan.slots == (None, None, None, None) and plan.slot_count == 0
     assert plan.released_at == ((), (0,), (1,), (2,))
     assert plan.evaluations_per_attempt == 4

@@ -5,6 +5,11 @@ A step of the (preconditioned) gradient flow with tableau (A, b, c) and step h i
     d_i = f(θ_n - h Σ_{j<i} a_ij d_j),   i = 1..s          (one evaluation each, same minibatch)
     θ_{n+1} = θ_n - h Σ_i b_i d_i,       e = h Σ_i (b_i - b̂_i) d_i   (embedded pairs)
 
+A Runge–Kutta–Chebyshev method (:class:`rkopt.core.chebyshev.ChebyshevMethod`) is the same step
+with its own stage points, a three-term recurrence over the previous two points
+(:class:`StagePoint`), so its buffers do not grow with s; its equivalent tableau supplies b and
+the order, and θ_{n+1} is its last point.
+
 :class:`StepPlan` holds the part every param group shares, because one evaluation serves them all:
 which stages are evaluated, each stage point's nonzero terms, the buffer slot of every stage
 direction and the stage after which it is let go, how many evaluations an attempt and a probe make.
@@ -17,10 +22,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
+from rkopt.core.chebyshev import ChebyshevMethod
 from rkopt.core.policies import PolicyNeeds
-from rkopt.core.tableau import ButcherTableau
+from rkopt.core.tableau import ButcherTableau, interval_slots
+from rkopt.core.tableaux import get_tableau
+
+Method = ButcherTableau | ChebyshevMethod
+"""A solver: a Butcher tableau, or a Runge–Kutta–Chebyshev method."""
 
 Terms = tuple[tuple[int, float], ...]
 """(stage j, coefficient) pairs with a nonzero coefficient."""
@@ -36,13 +47,67 @@ def _nonzero(row: tuple[float, ...]) -> Terms:
 
 
 @dataclass(frozen=True)
+class StagePoint:
+    """Y_i = theta·θ_n + previous·Y_{i-1} + before·Y_{i-2} - h Σ_j a_j d_j.
+
+    A Butcher stage point is θ_n - h Σ_j a_ij d_j (theta = 1, no earlier points); a
+    Runge–Kutta–Chebyshev point also weighs the two previous points (``recurrent``).
+    """
+
+    directions: Terms
+    theta: float = 1.0
+    previous: float = 0.0
+    before: float = 0.0
+
+    @property
+    def recurrent(self) -> bool:
+        return self.previous != 0.0 or self.before != 0.0
+
+
+def butcher_tableau(method: Method) -> ButcherTableau:
+    """The tableau of ``method`` (a Chebyshev method's equivalent one)."""
+    return method if isinstance(method, ButcherTableau) else _equivalent_tableau(method)
+
+
+@lru_cache(maxsize=64)
+def _equivalent_tableau(method: ChebyshevMethod) -> ButcherTableau:
+    return method.to_butcher_tableau()
+
+
+def get_method(method: str | Method) -> Method:
+    """A Chebyshev method as it is, else the tableau ``get_tableau`` finds."""
+    return method if isinstance(method, ChebyshevMethod) else get_tableau(method)
+
+
+def _chebyshev_points(method: ChebyshevMethod) -> tuple[StagePoint, ...]:
+    """Y_0..Y_s of the recurrence Y_j = (1 - μ_j - ν_j) θ_n + μ_j Y_{j-1} + ν_j Y_{j-2}
+    + μ̃_j h F_{j-1} + γ̃_j h F_0, with F = -d (so a = μ̃, γ̃) and Y_0 = θ_n folded into theta."""
+    points = [StagePoint(())]
+    for j, stage in enumerate(method.coefficients, start=1):
+        terms = [(j - 1, stage.mu_tilde)]
+        if stage.gamma_tilde != 0.0:
+            terms.append((0, stage.gamma_tilde))
+        if j == 1:
+            points.append(StagePoint(tuple(terms)))
+            continue
+        theta, before = 1.0 - stage.mu - stage.nu, stage.nu
+        if j == 2:  # Y_{j-2} = Y_0 = θ_n
+            theta, before = theta + before, 0.0
+        points.append(StagePoint(tuple(terms), theta=theta, previous=stage.mu, before=before))
+    return tuple(points)
+
+
+@dataclass(frozen=True)
 class StepPlan:
     """The structure of one step shared by every param group.
 
     Attributes:
-        tableau: the method.
+        method: the solver (a tableau, or a Chebyshev method).
+        tableau: its Butcher tableau (a Chebyshev method's equivalent one: b, the order, a21).
         stages: leading stages an attempt evaluates (``ButcherTableau.stages_needed``).
-        points: per stage i, the nonzero (j, a_ij) of its point θ_n - h Σ_j a_ij d_j.
+        points: per stage i, its point (a Butcher point: the nonzero (j, a_ij) of θ_n - h Σ a_ij d_j).
+        candidate: the point that is θ_{n+1} (a Chebyshev method's Y_s), or None: θ_{n+1} is
+            formed from the weights b.
         slots: per stage, the buffer slot its direction is kept in, or None when it is read only
             before the next evaluation (it may then alias the gradient).
         slot_count: slots in use.
@@ -53,9 +118,11 @@ class StepPlan:
         evaluate_candidate: a policy needs the loss at θ_{n+1} (one extra evaluation per attempt).
     """
 
+    method: Method
     tableau: ButcherTableau
     stages: int
-    points: tuple[Terms, ...]
+    points: tuple[StagePoint, ...]
+    candidate: StagePoint | None
     slots: tuple[int | None, ...]
     slot_count: int
     released_at: tuple[tuple[int, ...], ...]
@@ -83,9 +150,11 @@ class StepPlan:
             tuple(j for j in range(i) if max(lifetimes[j], j + 1) == i) for i in range(stages)
         )
         return cls(
+            method=tableau,
             tableau=tableau,
             stages=stages,
-            points=tuple(_nonzero(tableau.a[i]) for i in range(stages)),
+            points=tuple(StagePoint(_nonzero(tableau.a[i])) for i in range(stages)),
+            candidate=None,
             slots=slots,
             slot_count=slot_count,
             released_at=released_at,
@@ -95,14 +164,55 @@ class StepPlan:
         )
 
     @classmethod
-    def for_needs(
-        cls, tableau: ButcherTableau, needs: Iterable[PolicyNeeds], *, igr: bool = False
+    def chebyshev(
+        cls,
+        method: ChebyshevMethod,
+        *,
+        keep_until: Mapping[int, int] | None = None,
+        igr: bool = False,
+        evaluate_candidate: bool = False,
     ) -> StepPlan:
+        """The plan of a Runge–Kutta–Chebyshev method: s evaluations at Y_0..Y_{s-1}, each point
+        from the previous two (two point buffers, whatever s), θ_{n+1} = Y_s."""
+        points = _chebyshev_points(method)
+        stages = method.stages
+        lifetimes = [j for j in range(stages)]
+        for i, point in enumerate(points):
+            for j, _ in point.directions:
+                lifetimes[j] = max(lifetimes[j], i)
+        for stage, until in (keep_until or {}).items():
+            lifetimes[stage] = max(lifetimes[stage], until)
+        slots, slot_count = interval_slots(lifetimes)
+        released_at = tuple(
+            tuple(j for j in range(i) if max(lifetimes[j], j + 1) == i) for i in range(stages)
+        )
+        return cls(
+            method=method,
+            tableau=butcher_tableau(method),
+            stages=stages,
+            points=points[:stages],
+            candidate=points[stages],
+            slots=slots,
+            slot_count=slot_count,
+            released_at=released_at,
+            igr=igr,
+            evaluate_candidate=evaluate_candidate,
+        )
+
+    @property
+    def point_buffers(self) -> int:
+        """Parameter-sized buffers for earlier stage points (2 for a recurrence, else 0)."""
+        recurrent = any(p.recurrent for p in (*self.points, *([self.candidate] if self.candidate else [])))
+        return 2 if recurrent else 0
+
+    @classmethod
+    def for_needs(cls, method: Method, needs: Iterable[PolicyNeeds], *, igr: bool = False) -> StepPlan:
         """The plan that serves every group's policy needs (one evaluation serves all groups, so
         each group keeps what any policy reads past it): a retry reuses d_1, so d_1 lives through
         the step; a probe evaluates after stage 1 and reads d_1 afterwards; a norm of d_i - d_j
         keeps the earlier direction until the later one is known."""
         needs = list(needs)
+        stages = butcher_tableau(method).stages
         keep_until: dict[int, int] = {}
 
         def keep(stage: int, until: int) -> None:
@@ -110,18 +220,25 @@ class StepPlan:
 
         for need in needs:
             if need.retries:
-                keep(0, tableau.stages)
+                keep(0, stages)
             if need.probes:
                 keep(0, 2)
             for i, j in need.norms:
                 if j is not None:
                     keep(min(i, j), max(i, j))
+        evaluate_candidate = any(need.evaluate_candidate for need in needs)
+        if isinstance(method, ChebyshevMethod):
+            if any(need.error_estimate for need in needs):
+                raise ValueError("a Runge–Kutta–Chebyshev method has no embedded error estimate")
+            return cls.chebyshev(
+                method, keep_until=keep_until, igr=igr, evaluate_candidate=evaluate_candidate
+            )
         return cls.build(
-            tableau,
+            method,
             error_estimate=any(need.error_estimate for need in needs),
             keep_until=keep_until,
             igr=igr,
-            evaluate_candidate=any(need.evaluate_candidate for need in needs),
+            evaluate_candidate=evaluate_candidate,
         )
 
     @property
@@ -162,11 +279,13 @@ class StepPlan:
             raise ValueError("a group's error estimate needs StepPlan.build(error_estimate=True)")
         tableau, last = self.tableau, self.last
         candidate_is_last_point = (
-            tableau.fsal and self.stages == tableau.stages and not sums_directions
+            self.candidate is None and tableau.fsal and self.stages == tableau.stages and not sums_directions
         )  # the last stage's point θ_n - h Σ a_sj d_j is θ_{n+1}
         if sums_directions:
             update: UpdateKind = "sum"
             update_terms = _nonzero(tableau.b[: last + 1])
+        elif self.candidate is not None:
+            update, update_terms = "none", ()  # θ_{n+1} is the candidate point
         elif not candidate_is_last_point and any(b != 0.0 for b in tableau.b[:last]):
             update, update_terms = "theta", _nonzero(tableau.b[:last])
         else:
@@ -177,6 +296,7 @@ class StepPlan:
         if update != "none":
             buffers.append("accumulator")
         buffers += [f"slot{k}" for k in range(self.slot_count)]
+        buffers += [f"point{k}" for k in range(self.point_buffers)]
         if error_estimate:
             buffers.append("error")
         if not identity_field and unslotted:

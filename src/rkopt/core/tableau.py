@@ -237,17 +237,23 @@ class ButcherTableau:
         it is read straight from the gradient and needs no slot. Returns (slot per stage or None, slot
         count): the greedy interval colouring, which uses the least possible number of slots.
         """
-        needed = self.lifetimes(keep_until, stages)
-        slots: list[int | None] = [None] * len(needed)
-        free_at: list[int] = []  # slot -> stage after which it is free again
-        for j in range(len(needed)):
-            if needed[j] <= j + 1:
-                continue
-            for slot, until in enumerate(free_at):
-                if until <= j:
-                    slots[j], free_at[slot] = slot, needed[j]
-                    break
-            else:
-                slots[j] = len(free_at)
-                free_at.append(needed[j])
-        return tuple(slots), len(free_at)
+        return interval_slots(self.lifetimes(keep_until, stages))
+
+
+def interval_slots(needed: Sequence[int]) -> tuple[tuple[int | None, ...], int]:
+    """Slots for stage directions, direction j needed until stage ``needed[j]`` (none if that is at
+    most j + 1: it is read before the next evaluation). Returns (slot per stage or None, slot count):
+    the greedy interval colouring, which uses the least possible number of slots."""
+    slots: list[int | None] = [None] * len(needed)
+    free_at: list[int] = []  # slot -> stage after which it is free again
+    for j in range(len(needed)):
+        if needed[j] <= j + 1:
+            continue
+        for slot, until in enumerate(free_at):
+            if until <= j:
+                slots[j], free_at[slot] = slot, needed[j]
+                break
+        else:
+            slots[j] = len(free_at)
+            free_at.append(needed[j])
+    return tuple(slots), len(free_at)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rkopt.core.plan import GroupPlan
+from rkopt.core.plan import GroupPlan, StagePoint
 from rkopt.core.policies import Norm, PolicyNeeds
 from rkopt.torch._ops import Combination, TensorListOps, Tensors
 from rkopt.torch.field import VectorField
@@ -54,6 +54,7 @@ class GroupRun:
         self.update: Combination | None = None
         self.error: Combination | None = None
         self.norms: dict[Norm, float] = {}
+        self.older: list[Tensor] | None = None  # Y_{i-2} of a recurrence (after stage 2)
         self.field.reset()
 
     def buffer(self, role: str) -> list[Tensor]:
@@ -149,14 +150,40 @@ class GroupRun:
         self.at_theta0 = False
 
     def move_to_stage(self, stage: int) -> None:
-        """θ ← θ_n - h Σ_j a_ij d_j for stage i; then drop the directions read for the last time
-        (so the next evaluation frees the gradients they alias)."""
+        """θ ← stage i's point (θ_n - h Σ_j a_ij d_j, or a recurrence over the previous points);
+        then drop the directions read for the last time (so the next evaluation frees the gradients
+        they alias)."""
         step = self.plan.step
-        terms = [(self.directions[j], -self.h * a) for j, a in step.points[stage]]
-        if terms or not self.at_theta0:
-            self.combine_into_params(self.theta0, terms)
+        self.move_to_point(step.points[stage], [])
         for j in step.released_at[stage]:
             self.directions[j] = None
+
+    def move_to_point(self, point: StagePoint, extra: list[tuple[Tensors, float]]) -> None:
+        """θ ← ``point`` (+ the ``extra`` terms)."""
+        if point.recurrent:
+            self.move_to_recurrent_point(point, extra)
+            return
+        terms = [(self.directions[j], -self.h * a) for j, a in point.directions] + extra
+        if terms or not self.at_theta0:
+            self.combine_into_params(self.theta0, terms)
+
+    def move_to_recurrent_point(self, point: StagePoint, extra: list[tuple[Tensors, float]]) -> None:
+        """θ ← theta·θ_n + previous·Y_{i-1} + before·Y_{i-2} - h Σ a_j d_j (+ ``extra``), θ holding
+        Y_{i-1}: Y_{i-1} is copied into the point buffer Y_{i-2} no longer needs, then the buffers
+        trade roles, so two of them serve any number of stages."""
+        free = self.buffer("point1" if self.older is self.buffer("point0") else "point0")
+        self.ops.copy_(free, self.params)
+        combination = Combination(self.ops, self.params, None)
+        combination.add(self.theta0, point.theta).add(free, point.previous)
+        if point.before:
+            combination.add(self.older, point.before)
+        for j, a in point.directions:
+            combination.add(self.directions[j], -self.h * a)
+        for x, alpha in extra:
+            combination.add(x, alpha)
+        combination.materialize()
+        self.older = free
+        self.at_theta0 = False
 
     def start_attempt(self) -> None:
         """Open the accumulators of one attempt at step h and add stage 1 to them."""
@@ -169,6 +196,7 @@ class GroupRun:
             self.update = Combination(self.ops, accumulator, self.theta0)  # θ_n - h Σ_{i<s} b_i d_i
         self.error = Combination(self.ops, self.buffer("error"), None) if plan.error_terms else None
         self.norms = {}
+        self.older = None
         self.accumulate(0)
 
     def accumulate(self, stage: int) -> None:
@@ -202,6 +230,8 @@ class GroupRun:
             self.combine_into_params(self.theta0, [*terms, decay])
         elif plan.candidate_is_last_point:
             self.combine_into_params(self.params, [decay])
+        elif plan.step.candidate is not None:  # θ_{n+1} is the recurrence's last point
+            self.move_to_point(plan.step.candidate, [decay])
         else:
             base = self.update.value if self.update is not None else self.theta0
             last = (self.directions[plan.step.last], -h * plan.last_weight)

@@ -15,10 +15,8 @@ from typing import Any
 
 from torch import Tensor
 
-from rkopt.core.plan import GroupPlan, StepPlan
+from rkopt.core.plan import GroupPlan, Method, StepPlan, butcher_tableau, get_method
 from rkopt.core.policies import PolicyNeeds, StepSizePolicy, get_policy
-from rkopt.core.tableau import ButcherTableau
-from rkopt.core.tableaux import get_tableau
 from rkopt.torch._ops import list_ops
 from rkopt.torch.config import group_options
 from rkopt.torch.engine import StepProgram
@@ -29,10 +27,10 @@ from rkopt.torch.update_rules import UpdateRule, update_rule
 
 
 def step_plan(
-    tableau: ButcherTableau, groups: Sequence[Mapping[str, Any]], needs: Sequence[PolicyNeeds]
+    method: Method, groups: Sequence[Mapping[str, Any]], needs: Sequence[PolicyNeeds]
 ) -> StepPlan:
     """The plan every group shares."""
-    return StepPlan.for_needs(tableau, needs, igr=any(group["igr"] > 0 for group in groups))
+    return StepPlan.for_needs(method, needs, igr=any(group["igr"] > 0 for group in groups))
 
 
 def group_parts(
@@ -51,13 +49,13 @@ def group_parts(
     return group_plan, field, rule
 
 
-def describe(tableau: str | ButcherTableau = "rk4", **options: Any) -> GroupPlan:
+def describe(tableau: str | Method = "rk4", **options: Any) -> GroupPlan:
     """The plan of a one-group optimizer ``RungeKutta(params, lr, tableau, **options)``
     (what the benchmarks and the documentation read)."""
-    tableau = get_tableau(tableau)
+    method = get_method(tableau)
     group = {**group_options().defaults(), "lr": 1.0, **options}
-    need = get_policy(group["lr_policy"])().needs(group, tableau)
-    return group_parts(group, step_plan(tableau, [group], [need]), need, need.probes)[0]
+    need = get_policy(group["lr_policy"])().needs(group, butcher_tableau(method))
+    return group_parts(group, step_plan(method, [group], [need]), need, need.probes)[0]
 
 
 def _use_foreach(group: Mapping[str, Any], params: list[Tensor]) -> bool:
@@ -84,17 +82,18 @@ class Planner:
     def program(
         self,
         groups: Sequence[dict[str, Any]],
-        tableau: ButcherTableau,
+        method: Method,
         state: Mapping[Tensor, dict[str, Any]],
         on_nonfinite: str,
     ) -> StepProgram:
         """The step over every group with gradients."""
+        tableau = butcher_tableau(method)
         needs = [self.policy(group["lr_policy"]).needs(group, tableau) for group in groups]
-        key = (id(tableau), any(group["igr"] > 0 for group in groups), *needs)
+        key = (id(method), any(group["igr"] > 0 for group in groups), *needs)
         plan = self.plans.get(key)
-        if plan is None or plan.tableau is not tableau:
+        if plan is None or plan.method is not method:
             self.plans.clear()
-            plan = self.plans[key] = step_plan(tableau, groups, needs)
+            plan = self.plans[key] = step_plan(method, groups, needs)
         probes = any(need.probes for need in needs)
         plan_keys = group_options().plan_keys
         runs, by_policy = [], {}

@@ -23,8 +23,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from rkopt.core.options import choice, flag
-from rkopt.core.tableau import ButcherTableau
-from rkopt.core.tableaux import get_tableau
+from rkopt.core.plan import Method, butcher_tableau, get_method
 from rkopt.torch.config import group_options, options_doc, validate_group, validate_groups
 from rkopt.torch.engine import StepProgram
 from rkopt.torch.errors import Counters, StepInProgressError
@@ -44,7 +43,8 @@ class RungeKutta(Optimizer):
     Args:
         params: parameters or param groups, as for any ``torch.optim`` optimizer.
         lr: the step h (``lr_policy="fixed"``) or its cap (``"dal"``, ``"error_control"``).
-        tableau: a ``ButcherTableau`` or a name from ``rkopt.TABLEAUX`` (default ``"rk4"``); shared
+        tableau: a ``ButcherTableau`` or a name from ``rkopt.TABLEAUX`` (default ``"rk4"``), or a
+            Runge–Kutta–Chebyshev method ``rkopt.ChebyshevMethod(order, stages, damping)``; shared
             by all groups, since one evaluation serves every group.
         stagewise: ``False`` (default): ``step(closure)`` calls the closure once per stage.
             ``True``: ``step()`` is called after each backward, without a closure; each call takes
@@ -71,14 +71,14 @@ class RungeKutta(Optimizer):
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         lr: float,
-        tableau: str | ButcherTableau = "rk4",
+        tableau: str | Method = "rk4",
         *,
         stagewise: bool = False,
         on_nonfinite: str = "raise",
         keep_workspace: bool = True,
         **options: Any,
     ) -> None:
-        self.tableau = get_tableau(tableau)
+        self.tableau = get_method(tableau)
         choice("raise", "skip")("on_nonfinite", on_nonfinite)
         flag()("keep_workspace", keep_workspace)
         flag()("stagewise", stagewise)
@@ -112,7 +112,7 @@ class RungeKutta(Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
-            validate_group(group, self.tableau, group_options())
+            validate_group(group, butcher_tableau(self.tableau), group_options())
             validate_groups(self.param_groups)
         except Exception:
             self.param_groups.pop()
@@ -130,7 +130,7 @@ class RungeKutta(Optimizer):
         for name, default in {**_OWN, "counters": None}.items():
             if name in state or not hasattr(self, name):
                 setattr(self, name, state.pop(name, default))
-        self.tableau = get_tableau(self.tableau)
+        self.tableau = get_method(self.tableau)
         self.counters = self.counters or Counters()
         self._init_transient()
         super().__setstate__(state)
