@@ -2,30 +2,39 @@
 
     rkopt train --workload mlp-digits --optimizer rk4 --lr 0.1 --max-grad-evals 400 --out runs/demo
     rkopt sweep --config configs/main.toml
+    rkopt sweep --config configs/study.toml --executor ray --address auto
     rkopt report runs/demo
     rkopt list
 
-Settings come from flags or from a TOML file (``--config``; the keys are the flag names with ``_``);
-flags override the file. See :mod:`rkopt.bench.config`.
+Settings come from flags or from a TOML file (``--config``; the keys are the flag names with ``_``,
+plus ``[[study]]`` tables for per-workload settings); flags override the file. See
+:mod:`rkopt.bench.config` and ``docs/harness.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import rkopt
+from rkopt.bench.analysis import RELATIVE_TOLERANCE, ROBUSTNESS_TOLERANCE
 from rkopt.bench.config import (
+    DEFAULT_LR_EXTEND_MAX,
     DEFAULT_MAX_GRAD_EVALS,
     DEFAULT_OPTIMIZER,
     DEFAULT_SWEEP_LR_FACTORS,
     DEFAULT_WORKLOAD,
+    EXECUTORS,
+    STAGE_BATCHES,
     Environment,
     SweepConfig,
     load_toml,
+    parse_executor,
+    sweep_configs,
 )
 from rkopt.bench.data import DatasetUnavailableError, default_data_dir
 from rkopt.bench.errors import ConfigError
@@ -33,7 +42,7 @@ from rkopt.bench.optimizers import optimizer_catalog
 from rkopt.bench.records import is_finished, run_directory
 from rkopt.bench.report import write_report
 from rkopt.bench.runner import execute_run
-from rkopt.bench.sweep import run_sweep
+from rkopt.bench.sweep import all_runs, import_ray, run_sweep
 from rkopt.bench.workloads import WORKLOADS
 
 EXPERIMENT_EPILOG = """\
@@ -43,10 +52,14 @@ examples:
   rkopt sweep --workload mlp-mnist5k --optimizer rk4 adam --lr rk4=0.03:0.3:3 adam=1e-4:1e-2:3 \\
       --batch-size 32 512 --seed 0 1 --max-grad-evals 2000 --workers 2 --out runs/sweep
   rkopt sweep --config configs/main.toml
+  rkopt sweep --config configs/study.toml --executor ray --address auto
 Learning rates: a number, a list 'a,b,c' or a log-spaced grid 'LOW:HIGH:COUNT'; prefix 'OPTIMIZER='
-to give one optimizer its own grid. Budgets: the first limit reached ends a run."""
+to give one optimizer its own grid. Budgets: the first limit reached ends a run. A TOML config may
+hold [[study]] tables: one sweep per entry (per-workload budgets, batch sizes, lr grids)."""
 
 _NOT_SETTINGS = {"command", "handler", "parser", "config", "help"}
+_TOML_ONLY = {"sweep": {"study"}}
+"""Config-file keys without a flag, per command."""
 
 
 def _add_experiment_arguments(parser: argparse.ArgumentParser, sweep: bool) -> None:
@@ -97,6 +110,15 @@ def _add_experiment_arguments(parser: argparse.ArgumentParser, sweep: bool) -> N
     what.add_argument(
         "--seed", metavar="N", type=int, **many, help="seed(s) of init and data order (default: 0)"
     )
+    what.add_argument(
+        "--stage-batches",
+        metavar="|".join(STAGE_BATCHES),
+        **many,
+        help="Runge–Kutta stages of a step on the step's batch (same) or each on the next batch of the "
+        "loader (fresh, as in the DAL reference code); baselines ignore it"
+        + ("; give both for the ablation side by side" if sweep else "")
+        + " (default: same)",
+    )
     budget = parser.add_argument_group("budget (the first limit reached ends a run)")
     budget.add_argument(
         "--max-grad-evals",
@@ -133,23 +155,86 @@ def _add_experiment_arguments(parser: argparse.ArgumentParser, sweep: bool) -> N
     how.add_argument("--threads", metavar="N", type=int, help="torch threads per run (default: 1)")
     how.add_argument("--quiet", action="store_true", help="no progress bars or messages (default: off)")
     if sweep:
-        how.add_argument("--workers", metavar="N", type=int, help="parallel worker processes (default: 1)")
+        how.add_argument(
+            "--workers", metavar="N", type=int, help="parallel worker processes / local Ray CPUs (default: 1)"
+        )
+        how.add_argument(
+            "--executor",
+            metavar="|".join(EXECUTORS),
+            help="where runs execute: local worker processes, or Ray tasks (pip install 'rkopt[ray]'; "
+            "docs/cluster.md) (default: local)",
+        )
+        how.add_argument(
+            "--address",
+            metavar="ADDR",
+            help="Ray cluster to connect to: auto, ray://HOST:10001, ... (default: a local Ray instance)",
+        )
+        how.add_argument(
+            "--runtime-env",
+            metavar="JSON",
+            help='Ray runtime environment of the workers (JSON), e.g. \'{"pip": ["rkopt[bench]"]}\' '
+            "(default: none)",
+        )
         how.add_argument("--dry-run", action="store_true", help="list the runs and whether they are finished")
         how.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+        select = parser.add_argument_group("learning-rate selection")
+        select.add_argument(
+            "--lr-extend",
+            action=argparse.BooleanOptionalAction,
+            help="extend each lr grid past an edge-selected lr (same log spacing), point by point, until the "
+            "selected lr is interior or the new point diverges (default: off)",
+        )
+        select.add_argument(
+            "--lr-extend-max",
+            metavar="N",
+            type=int,
+            help=f"at most N points past each end of a grid (default: {DEFAULT_LR_EXTEND_MAX})",
+        )
+        _add_robustness_argument(select)
+
+
+def _add_robustness_argument(parser: Any) -> None:
+    parser.add_argument(
+        "--robustness-tolerance",
+        metavar="X",
+        type=float,
+        help="lr-robustness range: the lrs whose validation score is within X of the best "
+        f"(default: {ROBUSTNESS_TOLERANCE['accuracy']:g} absolute for accuracy, {RELATIVE_TOLERANCE:g} "
+        "relative for perplexity)",
+    )
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags on the command line."""
+    return {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """TOML settings (``--config``) overridden by the flags given on the command line."""
     settings = load_toml(args.config) if getattr(args, "config", None) else {}
     known = {action.dest for action in args.parser._actions} - _NOT_SETTINGS
+    known |= _TOML_ONLY.get(args.command, set())
     unknown = sorted(set(settings) - known)
     if unknown:
         raise ConfigError(
             f"--config {args.config}: unknown key(s) {', '.join(unknown)}; "
             f"valid keys: {', '.join(sorted(known))}"
         )
-    settings.update({k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS})
+    settings.update(_flags(args))
     return settings
+
+
+def _robustness(settings: dict[str, Any]) -> float | None:
+    value = settings.get("robustness_tolerance")
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and number >= 0):
+        raise ConfigError(f"--robustness-tolerance {value!r}: expected a number >= 0")
+    return number
 
 
 def _say(settings: dict[str, Any], message: str) -> None:
@@ -182,37 +267,69 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workers(settings: dict[str, Any]) -> int:
+    value = settings.get("workers", 1)
+    if isinstance(value, bool) or not str(value).strip().isdigit() or int(value) < 1:
+        raise ConfigError(f"--workers {value!r}: expected an integer >= 1")
+    return int(value)
+
+
 def _sweep(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
-    config = SweepConfig.from_settings(settings, lr_factors=DEFAULT_SWEEP_LR_FACTORS)
+    configs = sweep_configs(settings, lr_factors=DEFAULT_SWEEP_LR_FACTORS, overrides=_flags(args))
+    executor, address, runtime_env = parse_executor(settings)
+    if executor == "ray":
+        import_ray()  # a clear error now, before anything is written, if Ray is not installed
+    robustness = _robustness(settings)
+    workers = _workers(settings)
     out = Path(settings.get("out", "runs"))
+    runs = all_runs(configs)
     if settings.get("dry_run"):
-        for run in config.runs():
+        for run in runs:
             print(f"{'finished' if is_finished(run_directory(out, run)) else 'pending '} {run.run_id}")
+        if any(config.lr_extend for config in configs):
+            print("(lr-extend: more runs may be added past edge-selected learning rates)")
         return 0
-    workers = int(settings.get("workers", 1))
     quiet = bool(settings.get("quiet"))
-    _say(settings, f"sweep: {len(config.runs())} runs, {workers} worker(s), results in {out}")
-    summary = run_sweep(config, out, Environment.from_settings(settings), workers=workers, progress=not quiet)
+    where = (
+        f"Ray at {address}"
+        if executor == "ray" and address
+        else "a local Ray instance"
+        if executor == "ray"
+        else f"{workers} worker(s)"
+    )
+    _say(settings, f"sweep: {len(runs)} runs in {len(configs)} sweep(s), {where}, results in {out}")
+    summary = run_sweep(
+        configs,
+        out,
+        Environment.from_settings(settings),
+        workers=0 if executor == "ray" and "workers" not in settings else workers,  # 0: all CPUs
+        progress=not quiet,
+        executor=executor,
+        address=address,
+        runtime_env=runtime_env,
+    )
+    extended = f", {summary.extension_runs} of them added by lr-extend" if summary.extension_runs else ""
     _say(
         settings,
         f"sweep: {summary.completed} completed, {summary.diverged} diverged, {len(summary.failed)} failed, "
-        f"{summary.already_finished} already finished (of {summary.total})",
+        f"{summary.already_finished} already finished (of {summary.total}{extended})",
     )
     for run_id, error in summary.failed:
         print(
             f"run {run_id} failed (it will be retried when the sweep is run again):\n{error}", file=sys.stderr
         )
     if not settings.get("no_report"):
-        report = write_report(out)
+        report = write_report(out, robustness=robustness)
         _say(settings, f"report: {report.markdown}")
     return 1 if summary.failed else 0
 
 
 def _report(args: argparse.Namespace) -> int:
 
-    report = write_report(Path(args.results_dir), Path(args.out) if args.out else None)
+    robustness = _robustness(vars(args))
+    report = write_report(Path(args.results_dir), Path(args.out) if args.out else None, robustness)
     if not args.quiet:
         print(report.markdown.read_text())
         print(f"report: {report.markdown}\nsummary: {report.summary}")
@@ -267,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("results_dir", metavar="RESULTS_DIR", help="a sweep's or train's --out, or one run")
     report.add_argument("--out", metavar="DIR", help="where to write (default: RESULTS_DIR/report)")
     report.add_argument("--quiet", action="store_true", help="do not print the report (default: off)")
+    _add_robustness_argument(report)
     report.set_defaults(handler=_report)
     listing = commands.add_parser("list", help="list workloads, optimizers and tableaux")
     listing.add_argument(

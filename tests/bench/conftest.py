@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from synthetic import tiny_sweep
 
 from rkopt.bench.config import Environment
 
@@ -33,3 +34,15 @@ def _offline(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> None:
 
     for module in ("mnist", "cifar"):
         monkeypatch.setattr(f"torchvision.datasets.{module}.download_and_extract_archive", no_download)
+
+
+@pytest.fixture(scope="session")
+def pooled_sweep(tmp_path_factory: pytest.TempPathFactory, environment: Environment) -> Path:
+    """:func:`tiny_sweep` run once by the local pool (2 worker processes): the reference records that
+    the in-process and the Ray executors are compared with."""
+    from rkopt.bench.sweep import run_sweep
+
+    results = tmp_path_factory.mktemp("pooled-sweep")
+    summary = run_sweep(tiny_sweep(), results, environment, workers=2, progress=False)
+    assert (summary.completed, summary.failed) == (2, [])
+    return results

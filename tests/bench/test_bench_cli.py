@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from rkopt.bench.config import SweepConfig, load_toml
-from rkopt.cli import main
+import rkopt
+from rkopt.bench.config import SweepConfig, load_toml, sweep_configs
+from rkopt.bench.optimizers import BASELINES
+from rkopt.bench.sweep import all_runs
+from rkopt.cli import build_parser, main
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TINY = ["--workload-arg", "hidden=[16]", "--eval-every", "12", "--quiet"]
@@ -40,7 +43,8 @@ def test_train_then_sweep_then_report(tmp_path, capsys):
     sweep = [
         "sweep", "--workload", "mlp-digits", "--optimizer", "rk4", "adam", "rk4-full", "sgd",
         "--lr", "rk4=0.1,0.3", "adam=1e-3,1e-2", "rk4-full=0.1,0.3", "sgd=0.1,1e9",
-        "--batch-size", "16", "64", "--seed", "0", "1", "--max-grad-evals", "48", "--out", str(out), *TINY,
+        "--batch-size", "16", "64", "--seed", "0", "1", "--max-grad-evals", "48", "--out", str(out),
+        "--no-report", *TINY,
     ]  # fmt: skip
     assert main(sweep) == 0
     runs = list((out / "runs").iterdir())
@@ -123,6 +127,21 @@ def test_help_shows_defaults(capsys):
         (["sweep", "--optimizer", "rk4", "--opt-arg", "rk4:betas=1"], "--opt-arg"),
         (["train", "--workload", "mlp-mnist", "--offline", "--quiet"], "mlp-mnist5k"),
         (["report", "/nonexistent/results"], "no finished runs there"),
+        (["sweep", "--stage-batches", "stale"], "rkopt sweep: error: --stage-batches 'stale': expected same"),
+        (["train", "--stage-batches", "both"], "rkopt train: error: --stage-batches 'both'"),
+        (
+            ["sweep", "--executor", "slurm"],
+            "rkopt sweep: error: --executor 'slurm': expected one of local, ray",
+        ),
+        (["sweep", "--address", "auto"], "rkopt sweep: error: --address is only used with --executor ray"),
+        (["sweep", "--executor", "ray", "--runtime-env", "{pip"], "rkopt sweep: error: --runtime-env"),
+        (
+            ["sweep", "--lr-extend-max", "0"],
+            "rkopt sweep: error: --lr-extend-max 0: expected an integer >= 1",
+        ),
+        (["sweep", "--robustness-tolerance", "-1"], "rkopt sweep: error: --robustness-tolerance -1.0"),
+        (["sweep", "--lr-extend", "--workers", "0"], "rkopt sweep: error: --workers 0"),
+        (["report", "/nonexistent", "--robustness-tolerance", "nan"], "rkopt report: error: --robustness"),
     ],
 )
 def test_bad_input_gives_a_clear_error(tmp_path, capsys, args, message):
@@ -132,6 +151,34 @@ def test_bad_input_gives_a_clear_error(tmp_path, capsys, args, message):
         code = exit_.code
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_ray_missing_gives_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: `import ray` raises ImportError
+    args = ["sweep", "--workload", "mlp-digits", "--executor", "ray", "--out", str(tmp_path), "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rkopt sweep: error: --executor ray: Ray is not installed")
+    assert 'pip install "rkopt[ray]"' in err
+    assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('lr_extend = "maybe"\n', "--lr-extend 'maybe': expected true or false"),
+        ('stage_batches = ["same", "stale"]\n', "--stage-batches 'stale'"),
+        ('executor = "ray"\naddress = 5\n', "--address 5: expected a Ray address"),
+        ('[[study]]\nworkload = "mlp-digits"\nworkers = 2\n', "[[study]] entry 1: unknown key(s) workers"),
+        ("study = 3\n", "study: expected one or more [[study]] tables"),
+    ],
+)
+def test_bad_new_config_keys_give_a_clear_error(tmp_path, capsys, toml, message):
+    config = tmp_path / "bad.toml"
+    config.write_text(toml)
+    assert main(["sweep", "--config", str(config), "--out", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rkopt sweep: error: ") and message in err
 
 
 def test_config_file_and_flags(tmp_path, capsys):
@@ -152,17 +199,37 @@ def test_config_file_and_flags(tmp_path, capsys):
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path):
-    config = SweepConfig.from_settings(load_toml(path))
-    assert config.runs()
+    settings = load_toml(path)
+    for config in sweep_configs(settings):
+        assert isinstance(config, SweepConfig) and config.runs()
+    known = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["sweep"]._actions}
+    assert set(settings) - known <= {"study"}  # `rkopt sweep --config` accepts every key
 
 
-def test_main_config_compares_rk4_variants_with_adam_offline():
-    settings = load_toml(CONFIGS / "main.toml")
-    config = SweepConfig.from_settings(settings)
-    assert config.workloads == ("mlp-mnist5k",)
-    assert {"rk4", "rk4-full", "adam"} <= set(config.optimizers)
-    assert len(config.batch_sizes) >= 2 and len(config.seeds) >= 2
-    assert config.budget.max_grad_evals is not None
+def test_main_config_compares_rk4_variants_with_adam_on_two_offline_workloads():
+    configs = sweep_configs(load_toml(CONFIGS / "main.toml"))
+    assert [config.workloads for config in configs] == [("mlp-mnist5k",), ("mlp-digits",)]
+    for config in configs:
+        assert {"rk4", "rk4-full", "adam"} <= set(config.optimizers)
+        assert len(config.batch_sizes) >= 2 and len(config.seeds) >= 2
+        assert config.budget.max_grad_evals == 1600
+        assert config.lr_extend
+    assert len(all_runs(configs)) == 2 * 4 * 3 * 2 * 2
+
+
+def test_study_config_covers_every_workload_optimizer_and_preset():
+    configs = sweep_configs(load_toml(CONFIGS / "study.toml"))
+    offline = {"mlp-mnist5k", "mlp-digits", "mlp-mnist1d", "cnn-bn", "charlm"}
+    assert {w for config in configs for w in config.workloads} == offline
+    for config in configs:
+        assert set(config.optimizers) == set(BASELINES) | set(rkopt.PRESETS)
+        assert len(config.batch_sizes) == 2 and config.batch_sizes[0] < config.batch_sizes[1]
+        assert len(config.seeds) >= 2 and config.lr_extend
+        assert all(len(config.lrs[name]) >= 3 for name in config.optimizers)
+    assert any("fresh" in config.stage_batches for config in configs)  # the stage-batches ablation
+    assert configs[3].workload_options["cnn-bn"]["dataset"] == "mnist5k"  # offline
+    budgets = {config.workloads[0]: config.budget.max_grad_evals for config in configs}
+    assert budgets["mlp-mnist1d"] != budgets["mlp-digits"]  # per-workload budgets
 
 
 def test_list_through_the_entry_point():

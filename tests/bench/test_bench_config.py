@@ -11,7 +11,9 @@ from rkopt.bench.config import (
     load_toml,
     log_grid,
     parse_assignments,
+    parse_executor,
     parse_lr_grid,
+    sweep_configs,
 )
 from rkopt.bench.errors import ConfigError
 
@@ -131,3 +133,54 @@ def test_toml_config(tmp_path):
     (tmp_path / "bad.toml").write_text("optimizer = [")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_toml(tmp_path / "bad.toml")
+
+
+def test_study_entries_override_the_top_level_and_flags_override_both(tmp_path):
+    path = tmp_path / "study.toml"
+    path.write_text(
+        'optimizer = ["sgd", "rk4"]\nseed = [0, 1]\nmax_grad_evals = 100\nlr_extend = true\n'
+        "[lr]\nsgd = [0.1]\nrk4 = [0.3]\n"
+        '[[study]]\nworkload = "mlp-digits"\nbatch_size = [16, 64]\n[study.lr]\nrk4 = [1.0, 3.0]\n'
+        '[[study]]\nworkload = "charlm"\nbatch_size = [8]\nmax_grad_evals = 50\nlr_extend = false\n'
+        'stage_batches = ["same", "fresh"]\n[study.workload_arg]\ncontext = 16\n'
+    )
+    digits, charlm = sweep_configs(load_toml(path))
+    assert digits.workloads == ("mlp-digits",) and digits.batch_sizes == (16, 64)
+    assert digits.lrs == {"sgd": (0.1,), "rk4": (1.0, 3.0)}  # [lr] tables merge key by key
+    assert digits.budget.max_grad_evals == 100 and digits.lr_extend and digits.seeds == (0, 1)
+    assert charlm.budget.max_grad_evals == 50 and not charlm.lr_extend
+    assert charlm.lrs == {"sgd": (0.1,), "rk4": (0.3,)}
+    assert charlm.workload_options == {"charlm": {"context": 16}}
+    assert charlm.stage_batches == ("same", "fresh") and len(charlm.cells()) == 3  # sgd once
+    overridden = sweep_configs(load_toml(path), overrides={"max_grad_evals": 24, "seed": [3]})
+    assert [c.budget.max_grad_evals for c in overridden] == [24, 24]
+    assert all(c.seeds == (3,) for c in overridden)
+    (only,) = sweep_configs(load_toml(path), overrides={"workload": ["charlm"]})  # selects entries
+    assert only.workloads == ("charlm",) and only.batch_sizes == (8,)
+    with pytest.raises(ConfigError, match="no \\[\\[study\\]\\] entry has that workload"):
+        sweep_configs(load_toml(path), overrides={"workload": ["cnn-bn"]})
+    (plain,) = sweep_configs({"workload": "mlp-digits", "optimizer": "sgd", "lr": 0.1})
+    assert (
+        plain.runs()
+        == SweepConfig.from_settings({"workload": "mlp-digits", "optimizer": "sgd", "lr": 0.1}).runs()
+    )
+
+
+def test_new_settings_are_validated():
+    config = SweepConfig.from_settings({"lr_extend": "true", "lr_extend_max": 2, "stage_batches": "fresh"})
+    assert (config.lr_extend, config.lr_extend_max, config.stage_batches) == (True, 2, ("fresh",))
+    assert parse_executor({}) == ("local", None, None)
+    assert parse_executor({"executor": "ray", "address": "auto", "runtime_env": '{"pip": ["x"]}'}) == (
+        "ray",
+        "auto",
+        {"pip": ["x"]},
+    )
+    for settings, message in [
+        ({"lr_extend": 1}, "--lr-extend 1: expected true or false"),
+        ({"lr_extend_max": 0}, "--lr-extend-max"),
+        ({"stage_batches": []}, "--stage-batches"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            SweepConfig.from_settings(settings)
+    with pytest.raises(ConfigError, match="only used with --executor ray"):
+        parse_executor({"runtime_env": {"pip": []}})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from synthetic import tiny_sweep
 
 from rkopt.bench.config import SweepConfig
 from rkopt.bench.records import RESULT, RunWriter, load_results, run_directory
@@ -11,7 +12,7 @@ from rkopt.bench.sweep import pending_runs, run_sweep
 
 def _sweep(**changes) -> SweepConfig:
     settings = {
-        "workload": "mlp-digits",
+        "workload": "mlp-mnist1d",  # read from the .npz cache: worker processes need not import sklearn
         "workload_arg": ["hidden=[8]"],
         "optimizer": ["rk4", "sgd"],
         "lr": ["0.05,0.2"],
@@ -56,19 +57,18 @@ def test_interrupted_sweep_resumes_without_redoing_or_losing_runs(tmp_path, envi
     assert (again.already_finished, again.completed) == (4, 0)
 
 
-def test_worker_processes_give_the_same_results_as_one_process(tmp_path, environment):
-    config = _sweep()
-    pooled = run_sweep(config, tmp_path / "pool", environment, workers=2, progress=False)
-    assert (pooled.completed, pooled.failed) == (4, [])
-    single = run_sweep(config, tmp_path / "single", environment, workers=1, progress=False)
-    assert single.completed == 4
+def test_worker_processes_give_the_same_results_as_one_process(tmp_path, environment, pooled_sweep):
+    config = tiny_sweep()  # run by 2 worker processes in the fixture
+    single = run_sweep(config, tmp_path, environment, workers=1, progress=False)
+    assert single.completed == 2
     for run in config.runs():
-        a, b = (load_results(run_directory(tmp_path / d, run))[0] for d in ("pool", "single"))
+        a, b = (load_results(run_directory(d, run))[0] for d in (pooled_sweep, tmp_path))
         assert [{**m, "time": 0} for m in a.metrics] == [{**m, "time": 0} for m in b.metrics]
+        assert len(a.metrics) == 3 and a.result["grad_evals"] == 24
 
 
 def test_a_failing_run_is_reported_and_the_sweep_goes_on(tmp_path, environment):
-    config = _sweep(optimizer=["sgd"], lr=["0.1"], batch_size=[16, 5000])  # 5000 > the 1197 training examples
+    config = _sweep(optimizer=["sgd"], lr=["0.1"], batch_size=[16, 5000])  # 5000 > the 3500 training examples
     summary = run_sweep(config, tmp_path, environment, progress=False)
     assert summary.completed == 1
     ((run_id, error),) = summary.failed

@@ -2,8 +2,9 @@
 
 Modules: :mod:`~rkopt.bench.workloads` (registry: data + model + loss + metric),
 :mod:`~rkopt.bench.optimizers` (presets, tableaux, torch baselines), :mod:`~rkopt.bench.runner`
-(one run), :mod:`~rkopt.bench.records` (atomic results on disk), :mod:`~rkopt.bench.sweep` (grids in
-worker processes, resumable), :mod:`~rkopt.bench.analysis` and :mod:`~rkopt.bench.report` (lr
-selection, tables, figures). The command line is :mod:`rkopt.cli`. The harness imports the library,
-never the reverse.
+(one run), :mod:`~rkopt.bench.records` (atomic results on disk), :mod:`~rkopt.bench.sweep` (grids and
+studies in worker processes or Ray tasks, resumable, lr grids extended past edge winners),
+:mod:`~rkopt.bench.analysis` and :mod:`~rkopt.bench.report` (lr selection, robustness, performance
+profiles, tables, figures, the README table). The command line is :mod:`rkopt.cli`; ``docs/harness.md``
+and ``docs/cluster.md`` describe them. The harness imports the library, never the reverse.
 """

@@ -1,10 +1,26 @@
 """From finished runs to comparisons: best learning rate on validation data, test figures over seeds.
 
-Runs are grouped into *variants* (workload, optimizer with its options, batch size, budget); within a
-variant, each learning rate is scored by its final validation metric averaged over seeds (a diverged
-seed scores worst), the best learning rate is kept, and its test figures are summarised over seeds.
+Runs are grouped into *variants* (workload, optimizer with its options and stage batches, batch size,
+budget). Learning-rate selection within a variant is deterministic (:func:`rank_learning_rates`):
+
+1. the final validation metric, mean over seeds, a diverged seed counting as the worst value;
+2. ties broken by the final validation loss, mean over seeds (a diverged seed: +inf), lower first;
+3. then the smaller learning rate.
+
+The selected learning rate's test figures are summarised over seeds. Each variant also carries:
+
+- ``runner_up_within_resolution``: the runner-up's score is within the validation set's resolution
+  of the best (:func:`validation_resolution`: 1 / n_validation for accuracy, from the manifest);
+- ``edge``: the best lr is the smallest or largest of the grid tried (``"low"``, ``"high"``, ``"both"``
+  for a one-point grid): the optimum may lie outside, the variant is flagged as possibly untuned;
+  ``bounded_by_divergence``: the next larger lr of the grid diverged (so the best is the optimum on
+  that side, whether or not it was an edge before that point was added);
+- ``robust``: the lr range around the best whose score is within :data:`ROBUSTNESS_TOLERANCE` of it,
+  and its width in decades; ``divergence_boundary``: the smallest lr with a diverged seed.
+
 Variants of the same workload, batch size and budget form a *comparison*: their metric is also read
 at equal gradient evaluations and at equal training time (the smallest total among the variants).
+:func:`performance_profiles` compares optimizers across comparisons (AlgoPerf-style).
 """
 
 from __future__ import annotations
@@ -40,10 +56,16 @@ class Stat:
         return f"{self.mean:.{digits}g} ± {self.std:.2g}" if self.n > 1 else f"{self.mean:.{digits}g}"
 
 
+FRESH_SUFFIX = " [fresh]"
+"""Appended to the label of a variant run with ``stage_batches = "fresh"``."""
+
+
 def optimizer_label(config: RunConfig) -> str:
-    """The optimizer's name with its non-default options, e.g. ``adam(weight_decay=0.01)``."""
+    """The optimizer's name with its non-default options, e.g. ``adam(weight_decay=0.01)``, and
+    ``[fresh]`` for ``stage_batches = "fresh"``."""
     options = ", ".join(f"{k}={v}" for k, v in sorted(config.optimizer_options.items()))
-    return f"{config.optimizer}({options})" if options else config.optimizer
+    label = f"{config.optimizer}({options})" if options else config.optimizer
+    return label + (FRESH_SUFFIX if config.stage_batches == "fresh" else "")
 
 
 def budget_label(budget: Budget) -> str:
@@ -80,6 +102,13 @@ def final_value(run: RunRecord, split: str) -> float | None:
     if run.diverged or not run.measurements:
         return None
     return run.measurements[-1][_metric_key(split, run)]
+
+
+def final_loss(run: RunRecord, split: str) -> float | None:
+    """The loss at the end of a run (None if it diverged)."""
+    if run.diverged or not run.measurements:
+        return None
+    return run.measurements[-1].get(f"{split}_loss")
 
 
 EQUAL_BUDGET_TOLERANCE = 0.01
@@ -130,6 +159,160 @@ class LearningRateResult:
         values = [final_value(run, "val") for run in self.runs]
         return statistics.fmean(worst if v is None else v for v in values)
 
+    def loss_score(self) -> float:
+        """Mean final validation loss over seeds (the tie-break), a diverged seed counting as +inf."""
+        values = [final_loss(run, "val") for run in self.runs]
+        return statistics.fmean(math.inf if v is None else v for v in values)
+
+
+def selection_key(result: LearningRateResult, higher_is_better: bool) -> tuple[float, float, float]:
+    """Larger is better: (validation metric, then lower validation loss, then smaller lr)."""
+    score = result.score(higher_is_better)
+    return (score if higher_is_better else -score, -result.loss_score(), -result.lr)
+
+
+def rank_learning_rates(
+    results: Sequence[LearningRateResult], higher_is_better: bool
+) -> list[LearningRateResult]:
+    """``results`` best first, by :func:`selection_key` (a total order: the ranking is deterministic)."""
+    return sorted(results, key=lambda r: selection_key(r, higher_is_better), reverse=True)
+
+
+CONTINUOUS_RESOLUTION = 1e-3
+"""Resolution of a metric without a natural one (perplexity), relative to the best value."""
+
+
+def validation_resolution(runs: Sequence[RunRecord], best_score: float) -> float:
+    """The smallest meaningful difference of the validation metric.
+
+    From the manifests: ``validation_resolution`` (the task's: 1 / n_validation for accuracy, where
+    ``validation_examples`` = n_validation is recorded too); for records written before it was
+    recorded, 1 / ``workload.sizes.validation`` for accuracy. A continuous metric (perplexity; the
+    manifest says None) uses :data:`CONTINUOUS_RESOLUTION` × |best score|.
+    """
+    for run in runs:
+        manifest = run.manifest
+        if "validation_resolution" in manifest:
+            if manifest["validation_resolution"] is not None:
+                return float(manifest["validation_resolution"])
+            break
+        size = manifest.get("workload", {}).get("sizes", {}).get("validation")
+        if run.metric == "accuracy" and size:
+            return 1.0 / size
+    return CONTINUOUS_RESOLUTION * abs(best_score) if math.isfinite(best_score) else 0.0
+
+
+ROBUSTNESS_TOLERANCE = {"accuracy": 0.01}
+"""Tolerance of the lr-robustness width: an lr counts as good when its score is within this of the best.
+Absolute for accuracy (0.01 = one point); relative for any other metric (:data:`RELATIVE_TOLERANCE`)."""
+RELATIVE_TOLERANCE = 0.01
+"""Relative tolerance for metrics without an entry in :data:`ROBUSTNESS_TOLERANCE` (perplexity: 1%)."""
+
+
+@dataclass(frozen=True)
+class RobustRange:
+    """The contiguous lr range around the best whose score is within ``tolerance`` of the best."""
+
+    low: float
+    high: float
+    tolerance: float
+    relative: bool
+    open_low: bool
+    open_high: bool
+
+    @property
+    def decades(self) -> float:
+        """Width in decades of lr, log10(high / low); a lower bound when the range is open."""
+        return math.log10(self.high / self.low)
+
+    @property
+    def is_open(self) -> bool:
+        """The range reaches an end of the grid tried (the true width may be larger)."""
+        return self.open_low or self.open_high
+
+    def format(self) -> str:
+        return f"{'≥ ' if self.is_open else ''}{self.decades:.2f}"
+
+
+def robustness_tolerance(metric: str, tolerance: float | None = None) -> tuple[float, bool]:
+    """(tolerance, relative) for ``metric``; ``tolerance`` overrides the default value."""
+    relative = metric not in ROBUSTNESS_TOLERANCE
+    default = RELATIVE_TOLERANCE if relative else ROBUSTNESS_TOLERANCE[metric]
+    return (default if tolerance is None else tolerance), relative
+
+
+def robust_range(
+    results: Sequence[LearningRateResult],
+    best: LearningRateResult,
+    higher_is_better: bool,
+    tolerance: float,
+    relative: bool,
+) -> RobustRange | None:
+    """The lr range (contiguous on the grid, containing the best) within ``tolerance`` of the best score;
+    None when the best diverged (no lr is good)."""
+    ordered = sorted(results, key=lambda r: r.lr)
+    best_score = best.score(higher_is_better)
+    if not math.isfinite(best_score):
+        return None
+    slack = tolerance * abs(best_score) if relative else tolerance
+    slack *= 1 + 1e-9  # a score exactly at the tolerance counts as within it
+
+    def good(result: LearningRateResult) -> bool:
+        score = result.score(higher_is_better)
+        return math.isfinite(score) and (
+            score >= best_score - slack if higher_is_better else score <= best_score + slack
+        )
+
+    i = j = ordered.index(best)
+    while i > 0 and good(ordered[i - 1]):
+        i -= 1
+    while j < len(ordered) - 1 and good(ordered[j + 1]):
+        j += 1
+    return RobustRange(ordered[i].lr, ordered[j].lr, tolerance, relative, i == 0, j == len(ordered) - 1)
+
+
+def grid_edge(lrs: Sequence[float], lr: float) -> str | None:
+    """Whether ``lr`` is the smallest (``"low"``), largest (``"high"``) or only (``"both"``) of ``lrs``."""
+    low, high = lr <= min(lrs), lr >= max(lrs)
+    return "both" if low and high else "low" if low else "high" if high else None
+
+
+DEFAULT_EXTENSION_FACTOR = math.sqrt(10)
+"""The step of an lr-grid extension past a one-point grid (half a decade)."""
+
+
+def round_lr(lr: float) -> float:
+    """Rounded to 3 significant digits, as the log grids are."""
+    return float(f"{lr:.3g}")
+
+
+def extension_lrs(
+    results: Sequence[LearningRateResult],
+    higher_is_better: bool,
+    base: Sequence[float],
+    max_per_side: int,
+) -> list[float]:
+    """The learning rates to add to a variant whose best is at an edge of its grid (empty when none).
+
+    One point past the edge winner at the grid's log spacing there (the ratio of the two outermost
+    points; :data:`DEFAULT_EXTENSION_FACTOR` for a one-point grid). Upward only when the winner did
+    not diverge (when every lr diverged the winner is the smallest and the grid grows down); at most
+    ``max_per_side`` points past each end of the ``base`` grid. Called again once the new points have
+    run, this extends until the winner is interior, the new point is worse (or diverged: the edge
+    winner is then the optimum on that side) or the cap is reached.
+    """
+    lrs = sorted(r.lr for r in results)
+    best = rank_learning_rates(results, higher_is_better)[0]
+    edge = grid_edge(lrs, best.lr)
+    out: list[float] = []
+    if edge in ("low", "both") and sum(lr < min(base) for lr in lrs) < max_per_side:
+        factor = lrs[1] / lrs[0] if len(lrs) > 1 else DEFAULT_EXTENSION_FACTOR
+        out.append(round_lr(lrs[0] / factor))
+    if edge in ("high", "both") and not best.diverged and sum(lr > max(base) for lr in lrs) < max_per_side:
+        factor = lrs[-1] / lrs[-2] if len(lrs) > 1 else DEFAULT_EXTENSION_FACTOR
+        out.append(round_lr(lrs[-1] * factor))
+    return [lr for lr in out if lr not in lrs and lr > 0 and math.isfinite(lr)]
+
 
 @dataclass
 class Variant:
@@ -143,8 +326,61 @@ class Variant:
     target: float | None
     learning_rates: list[LearningRateResult]
     best: LearningRateResult
+    runner_up: LearningRateResult | None = None
+    resolution: float = 0.0
+    robust: RobustRange | None = None
     at_equal_grad_evals: Stat = field(default_factory=Stat)
     at_equal_time: Stat = field(default_factory=Stat)
+
+    @property
+    def stage_batches(self) -> str:
+        return self.best.runs[0].config.stage_batches
+
+    @property
+    def lr_grid(self) -> list[float]:
+        return [r.lr for r in self.learning_rates]
+
+    @property
+    def score(self) -> float:
+        return self.best.score(self.higher_is_better)
+
+    @property
+    def runner_up_gap(self) -> float | None:
+        """|best score - runner-up score| (None without a runner-up or when it diverged)."""
+        if self.runner_up is None:
+            return None
+        gap = abs(self.score - self.runner_up.score(self.higher_is_better))
+        return gap if math.isfinite(gap) else None
+
+    @property
+    def runner_up_within_resolution(self) -> bool:
+        """The best and the runner-up differ by at most the validation set's resolution."""
+        gap = self.runner_up_gap
+        return gap is not None and gap <= self.resolution * (1 + 1e-9)
+
+    @property
+    def edge(self) -> str | None:
+        """``low``/``high``/``both`` when the best lr is at an end of the grid tried, else None."""
+        return grid_edge(self.lr_grid, self.best.lr)
+
+    @property
+    def lr_at_grid_edge(self) -> bool:
+        return self.edge is not None
+
+    @property
+    def bounded_by_divergence(self) -> bool:
+        """The next larger lr of the grid diverged (in at least one seed)."""
+        above = [r for r in self.learning_rates if r.lr > self.best.lr]
+        return bool(above) and above[0].diverged > 0
+
+    @property
+    def divergence_boundary(self) -> float | None:
+        """The smallest lr with a diverged seed (None when none diverged)."""
+        return min((r.lr for r in self.learning_rates if r.diverged), default=None)
+
+    def final_mean(self, key: str) -> float:
+        """Mean over the completed seeds of the best lr of ``key`` at their last measurement."""
+        return Stat.of(run.measurements[-1].get(key) for run in self.completed_runs if run.measurements).mean
 
     @property
     def runs(self) -> list[RunRecord]:
@@ -170,13 +406,13 @@ class Variant:
         return 1000 * seconds / evals if evals else math.nan
 
 
-def _select(learning_rates: Sequence[LearningRateResult], higher_is_better: bool) -> LearningRateResult:
-    sign = 1.0 if higher_is_better else -1.0
-    return max(learning_rates, key=lambda result: sign * result.score(higher_is_better))
+def variants(
+    runs: Iterable[RunRecord], robustness: float | None = None
+) -> dict[ComparisonKey, list[Variant]]:
+    """Group finished runs into comparisons of variants, select learning rates, fill equal-budget figures.
 
-
-def variants(runs: Iterable[RunRecord]) -> dict[ComparisonKey, list[Variant]]:
-    """Group finished runs into comparisons of variants, select learning rates, fill equal-budget figures."""
+    ``robustness``: the tolerance of the lr-robustness range (default :data:`ROBUSTNESS_TOLERANCE`).
+    """
     grouped: dict[tuple[ComparisonKey, str], dict[float, list[RunRecord]]] = {}
     for run in runs:
         config = run.config
@@ -188,6 +424,9 @@ def variants(runs: Iterable[RunRecord]) -> dict[ComparisonKey, list[Variant]]:
         results = [
             LearningRateResult(lr, sorted(by_lr[lr], key=lambda r: r.config.seed)) for lr in sorted(by_lr)
         ]
+        ranked = rank_learning_rates(results, example.higher_is_better)
+        best = ranked[0]
+        tolerance, relative = robustness_tolerance(example.metric, robustness)
         comparisons.setdefault(key, []).append(
             Variant(
                 comparison=key,
@@ -197,7 +436,10 @@ def variants(runs: Iterable[RunRecord]) -> dict[ComparisonKey, list[Variant]]:
                 higher_is_better=example.higher_is_better,
                 target=example.target,
                 learning_rates=results,
-                best=_select(results, example.higher_is_better),
+                best=best,
+                runner_up=ranked[1] if len(ranked) > 1 else None,
+                resolution=validation_resolution(best.runs, best.score(example.higher_is_better)),
+                robust=robust_range(results, best, example.higher_is_better, tolerance, relative),
             )
         )
     for members in comparisons.values():
@@ -217,3 +459,62 @@ def _fill_equal_budgets(members: Sequence[Variant]) -> None:
     for variant in members:
         variant.at_equal_grad_evals = Stat.of(value_at(run, "grad_evals", evals) for run in variant.runs)
         variant.at_equal_time = Stat.of(value_at(run, "time", seconds) for run in variant.runs)
+
+
+# -- performance profiles ------------------------------------------------------------------------
+
+PROFILE_TAUS = (1.0, 1.25, 1.5, 2.0, 3.0, 4.0)
+"""The τ at which the performance-profile table reads ρ(τ)."""
+PROFILE_TAU_MAX = 4.0
+"""The end of the profile's τ axis, and of the area score (AlgoPerf's r_max)."""
+
+
+def time_to_target(variant: Variant, x_key: str) -> float:
+    """Mean ``x_key`` at which the best lr's seeds first met the target; +inf unless every seed did."""
+    stat = variant.to_target(x_key)
+    return stat.mean if stat.n and stat.n == len(variant.runs) else math.inf
+
+
+@dataclass
+class PerformanceProfile:
+    """For each optimizer (variant label), its time-to-target ratio to the best on every problem.
+
+    A problem is a comparison (workload × batch size × budget); the ratio is t / min over optimizers
+    of t, +inf where the optimizer did not reach the target with every seed or did not run. Problems
+    that no optimizer solved are left out (listed in ``unsolved``).
+    """
+
+    x_key: str
+    problems: list[ComparisonKey]
+    ratios: dict[str, list[float]]
+    unsolved: list[ComparisonKey] = field(default_factory=list)
+
+    def fraction(self, label: str, tau: float) -> float:
+        """ρ(τ): the fraction of problems on which ``label`` is within τ× of the best."""
+        ratios = self.ratios[label]
+        return sum(r <= tau * (1 + 1e-12) for r in ratios) / len(ratios) if ratios else math.nan
+
+    def score(self, label: str, tau_max: float = PROFILE_TAU_MAX) -> float:
+        """The normalised area under ρ from τ = 1 to ``tau_max`` (1: best everywhere; AlgoPerf's score)."""
+        ratios = self.ratios[label]
+        if not ratios:
+            return math.nan
+        return sum(max(0.0, tau_max - r) for r in ratios) / (len(ratios) * (tau_max - 1))
+
+
+def performance_profiles(comparisons: dict[ComparisonKey, list[Variant]], x_key: str) -> PerformanceProfile:
+    """The performance profile of every optimizer over the comparisons, by time to target in ``x_key``
+    (``grad_evals`` or ``time``)."""
+    labels = sorted({v.label for members in comparisons.values() for v in members})
+    problems, unsolved = [], []
+    ratios: dict[str, list[float]] = {label: [] for label in labels}
+    for key, members in comparisons.items():
+        times = {v.label: time_to_target(v, x_key) for v in members}
+        best = min(times.values(), default=math.inf)
+        if not math.isfinite(best) or best <= 0:
+            unsolved.append(key)
+            continue
+        problems.append(key)
+        for label in labels:
+            ratios[label].append(times.get(label, math.inf) / best)
+    return PerformanceProfile(x_key, problems, ratios, unsolved)

@@ -16,6 +16,25 @@ command line override it. Values may be written as on the command line (strings)
     weight_decay = 0.0
     [workload_arg]
     hidden = [128, 128]
+
+A *study* runs several such sweeps at once, one per workload with its own budget, batch sizes and lr
+grids: each ``[[study]]`` table holds the keys of :data:`STUDY_KEYS`, which override the top-level
+keys (tables such as ``[lr]`` are merged key by key); flags given on the command line override both,
+and ``--workload`` selects entries. See :func:`sweep_configs` and ``docs/harness.md``.
+
+    optimizer = ["sgd", "adam", "rk4"]
+    [lr]
+    adam = "1e-4:1e-2:5"
+    [[study]]
+    workload = "mlp-digits"
+    batch_size = [16, 256]
+    max_grad_evals = 2000
+    [[study]]
+    workload = "charlm"
+    batch_size = [16, 128]
+    max_grad_evals = 4000
+    [study.lr]
+    rk4 = "0.1:1:3"
 """
 
 from __future__ import annotations
@@ -34,13 +53,19 @@ import numpy as np
 
 from rkopt.bench.data import DataSource, default_data_dir
 from rkopt.bench.errors import ConfigError
-from rkopt.bench.optimizers import canonical_optimizer, check_optimizer, default_lr
+from rkopt.bench.optimizers import BASELINES, canonical_optimizer, check_optimizer, default_lr
 from rkopt.bench.workloads import get_workload
 
 DEFAULT_WORKLOAD = "mlp-mnist5k"
 DEFAULT_OPTIMIZER = "rk4"
 DEFAULT_MAX_GRAD_EVALS = 2000
 DEFAULT_SWEEP_LR_FACTORS = (1 / 3, 1.0, 3.0)
+STAGE_BATCHES = ("same", "fresh")
+"""``--stage-batches``: every closure call of a Runge–Kutta step on the step's batch (``same``) or each
+call after the first on the next batch of the loader (``fresh``). Baselines always use ``same``."""
+DEFAULT_LR_EXTEND_MAX = 6
+"""``--lr-extend-max``: at most this many points are added past each end of an lr grid."""
+EXECUTORS = ("local", "ray")
 MEASUREMENTS_PER_RUN = 20
 STAGE_MULTIPLE = 12
 """Default evaluation intervals are multiples of 12 = lcm(1, 2, 3, 4, 6) gradient evaluations, so that
@@ -148,6 +173,49 @@ def _optional_number(settings: Mapping[str, Any], key: str, kind: type) -> Any:
     return number
 
 
+def parse_bool(value: Any, flag: str) -> bool:
+    """A TOML/flag boolean: ``true``/``false`` (also as strings, any case)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ConfigError(f"{flag} {value!r}: expected true or false")
+
+
+def parse_stage_batches(value: Any) -> tuple[str, ...]:
+    """``--stage-batches`` values: one or both of ``same`` and ``fresh``."""
+    values = tuple(dict.fromkeys(str(v).strip() for v in _as_list(value)))
+    bad = [v for v in values if v not in STAGE_BATCHES]
+    if bad or not values:
+        raise ConfigError(
+            f"--stage-batches {(bad or [''])[0]!r}: expected {' or '.join(STAGE_BATCHES)} (or both, for the "
+            "ablation side by side)"
+        )
+    return values
+
+
+def parse_executor(settings: Mapping[str, Any]) -> tuple[str, str | None, dict[str, Any] | None]:
+    """(executor, Ray address, Ray runtime environment) from ``executor``/``address``/``runtime_env``."""
+    executor = str(settings.get("executor", "local")).strip()
+    if executor not in EXECUTORS:
+        raise ConfigError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
+    address = settings.get("address")
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+        raise ConfigError(f"--address {address!r}: expected a Ray address such as auto or ray://HOST:10001")
+    runtime_env = settings.get("runtime_env")
+    if isinstance(runtime_env, str):
+        try:
+            runtime_env = json.loads(runtime_env)
+        except ValueError as err:
+            raise ConfigError(f"--runtime-env {runtime_env!r}: expected a JSON object ({err})") from err
+    if runtime_env is not None and not isinstance(runtime_env, Mapping):
+        raise ConfigError(f"--runtime-env {runtime_env!r}: expected a JSON object / TOML table")
+    if executor != "ray" and (address is not None or runtime_env is not None):
+        flag = "--address" if address is not None else "--runtime-env"
+        raise ConfigError(f"{flag} is only used with --executor ray")
+    return executor, address, dict(runtime_env) if runtime_env is not None else None
+
+
 # -- configurations ----------------------------------------------------------------------------
 
 
@@ -203,11 +271,16 @@ class RunConfig:
     target: float | None = None
     workload_options: Mapping[str, Any] = field(default_factory=dict)
     optimizer_options: Mapping[str, Any] = field(default_factory=dict)
+    stage_batches: str = "same"
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as JSON-able data; ``stage_batches`` only when not the default ``same``, so that
+        the run ids of results recorded before the option existed stay valid."""
         data = asdict(self)
         data["workload_options"] = dict(self.workload_options)
         data["optimizer_options"] = dict(self.optimizer_options)
+        if self.stage_batches == "same":
+            del data["stage_batches"]
         return data
 
     @classmethod
@@ -218,8 +291,10 @@ class RunConfig:
     def run_id(self) -> str:
         """A readable, unique directory name: the main settings plus a hash of the whole config."""
         digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        fresh = "_fresh" if self.stage_batches == "fresh" else ""
         return (
-            f"{self.workload}_{self.optimizer}_bs{self.batch_size}_lr{self.lr:.4g}_seed{self.seed}_{digest}"
+            f"{self.workload}_{self.optimizer}{fresh}_bs{self.batch_size}_lr{self.lr:.4g}_seed{self.seed}"
+            f"_{digest}"
         )
 
 
@@ -259,9 +334,29 @@ def _per_name(
     return resolved
 
 
+@dataclass(frozen=True, order=True)
+class Cell:
+    """One variant of a sweep, whose learning rate is selected: workload × optimizer × batch size ×
+    stage batches. Its runs are its learning rates × the sweep's seeds."""
+
+    workload: str
+    optimizer: str
+    batch_size: int
+    stage_batches: str = "same"
+
+
+def stage_batches_for(optimizer: str, stage_batches: str) -> str:
+    """``fresh`` only means something for Runge–Kutta optimizers; a baseline always runs ``same``."""
+    return "same" if optimizer in BASELINES else stage_batches
+
+
 @dataclass(frozen=True)
 class SweepConfig:
-    """A grid of runs: workloads × optimizers × their learning rates × batch sizes × seeds."""
+    """A grid of runs: workloads × optimizers × their learning rates × batch sizes × stage batches × seeds.
+
+    With ``lr_extend`` the sweep adds learning rates past an edge-selected one (see
+    :func:`rkopt.bench.sweep.extension_runs`); :meth:`runs` is the initial grid only.
+    """
 
     workloads: tuple[str, ...]
     optimizers: tuple[str, ...]
@@ -273,27 +368,43 @@ class SweepConfig:
     target: float | None = None
     workload_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     optimizer_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    stage_batches: tuple[str, ...] = ("same",)
+    lr_extend: bool = False
+    lr_extend_max: int = DEFAULT_LR_EXTEND_MAX
 
-    def runs(self) -> list[RunConfig]:
-        return [
-            RunConfig(
-                workload=workload,
-                optimizer=optimizer,
-                lr=lr,
-                batch_size=batch_size,
-                seed=seed,
-                budget=self.budget,
-                eval_every=self.eval_every,
-                target=self.target,
-                workload_options=dict(self.workload_options.get(workload, {})),
-                optimizer_options=dict(self.optimizer_options.get(optimizer, {})),
-            )
+    def cells(self) -> list[Cell]:
+        """The variants, each once (a baseline is not repeated for ``fresh``)."""
+        cells = [
+            Cell(workload, optimizer, batch_size, stage_batches_for(optimizer, stage))
             for workload in self.workloads
             for optimizer in self.optimizers
-            for lr in self.lrs[optimizer]
             for batch_size in self.batch_sizes
-            for seed in self.seeds
+            for stage in self.stage_batches
         ]
+        return list(dict.fromkeys(cells))
+
+    def run_config(self, cell: Cell, lr: float, seed: int) -> RunConfig:
+        return RunConfig(
+            workload=cell.workload,
+            optimizer=cell.optimizer,
+            lr=lr,
+            batch_size=cell.batch_size,
+            seed=seed,
+            budget=self.budget,
+            eval_every=self.eval_every,
+            target=self.target,
+            workload_options=dict(self.workload_options.get(cell.workload, {})),
+            optimizer_options=dict(self.optimizer_options.get(cell.optimizer, {})),
+            stage_batches=cell.stage_batches,
+        )
+
+    def cell_runs(self, cell: Cell, lrs: Iterable[float]) -> list[RunConfig]:
+        """The runs of ``cell`` at the learning rates ``lrs``: every seed of each."""
+        return [self.run_config(cell, lr, seed) for lr in lrs for seed in self.seeds]
+
+    def runs(self) -> list[RunConfig]:
+        """The initial grid: every cell at its optimizer's learning rates."""
+        return [run for cell in self.cells() for run in self.cell_runs(cell, self.lrs[cell.optimizer])]
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
@@ -360,7 +471,82 @@ class SweepConfig:
             target=target,
             workload_options=workload_options,
             optimizer_options=optimizer_options,
+            stage_batches=parse_stage_batches(settings.get("stage_batches", "same")),
+            lr_extend=parse_bool(settings.get("lr_extend", False), "--lr-extend"),
+            lr_extend_max=_integers(
+                settings.get("lr_extend_max", DEFAULT_LR_EXTEND_MAX), "--lr-extend-max", minimum=1
+            )[0],
         )
+
+
+STUDY_KEYS = (
+    "workload",
+    "workload_arg",
+    "optimizer",
+    "lr",
+    "opt_arg",
+    "batch_size",
+    "seed",
+    "max_grad_evals",
+    "max_seconds",
+    "steps",
+    "eval_every",
+    "target",
+    "stage_batches",
+    "lr_extend",
+    "lr_extend_max",
+)
+"""The keys a ``[[study]]`` entry may set (the rest, such as ``out`` or ``workers``, are top-level)."""
+_MERGED_TABLES = ("lr", "opt_arg", "workload_arg")
+
+
+def _merge_entry(base: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in entry.items():
+        if key in _MERGED_TABLES and isinstance(value, Mapping) and isinstance(base.get(key), Mapping):
+            merged[key] = {**base[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def sweep_configs(
+    settings: Mapping[str, Any],
+    lr_factors: Sequence[float] = (1.0,),
+    overrides: Mapping[str, Any] | None = None,
+) -> list[SweepConfig]:
+    """The sweeps of ``settings``: one, or one per ``[[study]]`` entry (entry keys override top-level
+    keys, ``overrides`` — the command-line flags — override both; ``--workload`` selects entries)."""
+    overrides = dict(overrides or {})
+    entries = settings.get("study")
+    base = {k: v for k, v in settings.items() if k != "study"}
+    if entries is None:
+        return [SweepConfig.from_settings({**base, **overrides}, lr_factors)]
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, Mapping) for e in entries):
+        raise ConfigError("study: expected one or more [[study]] tables (TOML array of tables)")
+    selected = overrides.pop("workload", None)
+    configs = []
+    for number, entry in enumerate(entries, 1):
+        unknown = sorted(set(entry) - set(STUDY_KEYS))
+        if unknown:
+            raise ConfigError(
+                f"[[study]] entry {number}: unknown key(s) {', '.join(unknown)}; valid keys in an entry: "
+                f"{', '.join(STUDY_KEYS)}"
+            )
+        merged = _merge_entry(base, entry)
+        if selected is not None and not set(_as_list(merged.get("workload", DEFAULT_WORKLOAD))) & set(
+            _as_list(selected)
+        ):
+            continue
+        if selected is not None:
+            merged["workload"] = [w for w in _as_list(merged.get("workload")) if w in _as_list(selected)]
+        configs.append(SweepConfig.from_settings({**merged, **overrides}, lr_factors))
+    if not configs:
+        raise ConfigError(
+            f"--workload {' '.join(_as_list(selected))}: no [[study]] entry has that workload; the study has "
+            + ", ".join(str(e.get("workload", DEFAULT_WORKLOAD)) for e in entries)
+        )
+    return configs
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

@@ -8,6 +8,9 @@ While a run trains, its measurements go to ``metrics.jsonl.partial`` (flushed li
 be watched); on completion the file is renamed and ``result.json`` is written atomically (temporary
 file + ``os.replace``). A run directory without ``result.json`` is an interrupted run: resuming a
 sweep deletes it and trains that run again; finished runs are never touched.
+
+A run executed elsewhere (a Ray worker, without a shared filesystem) sends its three files back and
+the driver writes them with :func:`publish_run`: the same files, the same order, ``result.json`` last.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ MANIFEST = "manifest.json"
 METRICS = "metrics.jsonl"
 RESULT = "result.json"
 PARTIAL = METRICS + ".partial"
+RUN_FILES = (MANIFEST, METRICS, RESULT)
 
 
 def clean_floats(value: Any) -> Any:
@@ -57,6 +61,32 @@ def write_json_atomic(path: Path, data: Any) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(file.name, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(file.name, path)
+
+
+def publish_run(run_dir: Path, files: Mapping[str, str]) -> bool:
+    """Write a run's record files (:data:`RUN_FILES` → text) into ``run_dir``, ``result.json`` last.
+
+    An interrupted attempt there is cleared first; a finished run is never touched (returns False).
+    """
+    run_dir = Path(run_dir)
+    if is_finished(run_dir):
+        return False
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    for name in RUN_FILES:
+        write_text_atomic(run_dir / name, files[name])
+    return True
 
 
 def run_directory(results_dir: Path, config: RunConfig) -> Path:

@@ -1,5 +1,11 @@
 """``rkopt report``: Markdown tables, a JSON summary and PNG figures for a results directory.
 
+Files (in ``RESULTS/report`` by default): ``report.md`` (headline and lr tables per workload × batch
+size, selection flags, performance profiles, figures, notes), ``summary.json`` (one entry per variant:
+selected lr, scores, runner-up, grid-edge flag, robustness, ...), ``readme_table.md`` (the result
+table in the README's format, :func:`render_readme_table`; :func:`check_readme_table` checks a text
+against it), ``performance_profile.md`` and the figures below.
+
 Figures (matplotlib, Agg backend), one panel per workload × batch size, best learning rate per
 optimizer, mean ± std over seeds:
 
@@ -7,13 +13,15 @@ optimizer, mean ± std over seeds:
   gradient evaluations, training wall time and optimizer steps;
 - ``lr_sensitivity.png``: final validation metric against the learning rate, diverged runs marked ✗;
 - ``step_size.png``: the step size h over training, for the variants that adapt it;
-- ``figure1.png``: RK4 against Adam, one column per batch size (the setting of the paper's Figure 1).
+- ``figure1.png``: RK4 against Adam, one column per batch size (the setting of the paper's Figure 1);
+- ``performance_profile.png``: AlgoPerf-style performance profiles, by time to target in gradient
+  evaluations and in seconds (:func:`rkopt.bench.analysis.performance_profiles`).
 """
 
 from __future__ import annotations
 
-import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +33,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from rkopt.bench.analysis import ComparisonKey, Stat, Variant, equal_budgets, variants
+from rkopt.bench.analysis import (
+    CONTINUOUS_RESOLUTION,
+    PROFILE_TAU_MAX,
+    PROFILE_TAUS,
+    ComparisonKey,
+    PerformanceProfile,
+    Stat,
+    Variant,
+    equal_budgets,
+    performance_profiles,
+    variants,
+)
 from rkopt.bench.errors import ConfigError
-from rkopt.bench.records import RunRecord, clean_floats, load_results
+from rkopt.bench.records import RunRecord, load_results, write_json_atomic, write_text_atomic
 
 REPORT_DIR = "report"
 FIGURE1_OPTIMIZERS = ("rk4", "adam")
@@ -42,6 +61,37 @@ class Report:
     markdown: Path
     summary: Path
     figures: list[Path] = field(default_factory=list)
+    readme_table: Path | None = None
+    profiles: Path | None = None
+
+
+def format_lr(lr: float) -> str:
+    """A learning rate as the README writes it: ``1e-3``, ``3.16e-4``, ``0.3``, ``1``, ``1e9``."""
+    if 0.01 <= lr < 1e4:
+        return f"{lr:.3g}"
+    mantissa, exponent = f"{lr:.2e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _lr_cell(v: Variant) -> str:
+    """The selected lr with its selection flags: (edge) at an end of the grid, (≈) runner-up within the
+    validation resolution."""
+    text = format_lr(v.best.lr)
+    if v.lr_at_grid_edge:
+        text += " (edge)"
+    if v.runner_up_within_resolution:
+        text += " (≈)"
+    return text
+
+
+def _robust_cell(v: Variant) -> str:
+    return v.robust.format() if v.robust is not None else "–"
+
+
+def _boundary_cell(v: Variant) -> str:
+    boundary = v.divergence_boundary
+    return format_lr(boundary) if boundary is not None else "none"
 
 
 # -- tables ------------------------------------------------------------------------------------
@@ -70,6 +120,9 @@ def _headline_table(members: Sequence[Variant]) -> list[str]:
         f"test {metric} @ {seconds:.3g} s",
         "train s",
         "s / 1k grad evals",
+        "epochs (data seen)",
+        "lr range (decades)",
+        "smallest diverged lr",
         "diverged runs (all lrs)",
     ]
     rows = []
@@ -79,7 +132,7 @@ def _headline_table(members: Sequence[Variant]) -> list[str]:
         rows.append(
             [
                 f"`{v.label}`",
-                f"{v.best.lr:.3g}",
+                _lr_cell(v),
                 _target_cell(v, "time", 3),
                 _target_cell(v, "grad_evals", 4),
                 _target_cell(v, "step", 4),
@@ -88,6 +141,9 @@ def _headline_table(members: Sequence[Variant]) -> list[str]:
                 v.at_equal_time.format(),
                 f"{v.mean_result('train_seconds'):.3g}",
                 f"{v.seconds_per_1k_grad_evals:.3g}",
+                _number(v.final_mean("epoch"), ".3g"),
+                _robust_cell(v),
+                _boundary_cell(v),
                 f"{diverged}/{len(runs_all)}",
             ]
         )
@@ -101,10 +157,13 @@ def _sensitivity_table(members: Sequence[Variant]) -> list[str]:
     for v in members:
         for result in v.learning_rates:
             best = result is v.best
+            lr = f"**{result.lr:.3g}**" if best else f"{result.lr:.3g}"
+            if result is v.runner_up and v.runner_up_within_resolution:
+                lr += " (≈ best)"
             rows.append(
                 [
                     f"`{v.label}`",
-                    f"**{result.lr:.3g}**" if best else f"{result.lr:.3g}",
+                    lr,
                     result.validation.format(),
                     result.test.format(),
                     f"✗ {result.diverged}/{len(result.runs)}" if result.diverged else "0",
@@ -131,9 +190,37 @@ def _summary_json(comparisons: dict[ComparisonKey, list[Variant]]) -> list[dict[
                     "batch_size": key.batch_size,
                     "budget": key.budget,
                     "optimizer": v.label,
+                    "optimizer_name": v.optimizer,
+                    "stage_batches": v.stage_batches,
                     "metric": v.metric,
+                    "higher_is_better": v.higher_is_better,
                     "target": v.target,
                     "best_lr": v.best.lr,
+                    "selected_lr": v.best.lr,
+                    "selection": {
+                        "validation_score": v.score,
+                        "validation_loss": v.best.loss_score(),
+                        "runner_up_lr": v.runner_up.lr if v.runner_up else None,
+                        "runner_up_score": v.runner_up.score(v.higher_is_better) if v.runner_up else None,
+                        "runner_up_gap": v.runner_up_gap,
+                        "resolution": v.resolution,
+                        "runner_up_within_resolution": v.runner_up_within_resolution,
+                    },
+                    "lr_grid": v.lr_grid,
+                    "lr_at_grid_edge": v.lr_at_grid_edge,
+                    "lr_edge": v.edge,
+                    "lr_bounded_by_divergence": v.bounded_by_divergence,
+                    "lr_robustness": None
+                    if v.robust is None
+                    else {
+                        "decades": v.robust.decades,
+                        "low": v.robust.low,
+                        "high": v.robust.high,
+                        "open": v.robust.is_open,
+                        "tolerance": v.robust.tolerance,
+                        "relative": v.robust.relative,
+                    },
+                    "divergence_boundary": v.divergence_boundary,
                     "seeds": len(v.runs),
                     "final_test": stat(v.best.test),
                     "final_validation": stat(v.best.validation),
@@ -143,9 +230,14 @@ def _summary_json(comparisons: dict[ComparisonKey, list[Variant]]) -> list[dict[
                     "grad_evals_to_target": stat(v.to_target("grad_evals")),
                     "steps_to_target": stat(v.to_target("step")),
                     "train_seconds": v.mean_result("train_seconds"),
+                    "seconds_per_1k_grad_evals": v.seconds_per_1k_grad_evals,
+                    "epochs": v.final_mean("epoch"),
+                    "samples": v.final_mean("samples"),
                     "learning_rates": [
                         {
                             "lr": r.lr,
+                            "score": r.score(v.higher_is_better),
+                            "validation_loss": r.loss_score(),
                             "validation": stat(r.validation),
                             "test": stat(r.test),
                             "diverged": r.diverged,
@@ -163,20 +255,20 @@ def _summary_json(comparisons: dict[ComparisonKey, list[Variant]]) -> list[dict[
 
 def _colors(comparisons: dict[ComparisonKey, list[Variant]]) -> dict[str, Any]:
     labels = sorted({v.label for members in comparisons.values() for v in members})
-    cmap = plt.get_cmap("tab10")
-    return {label: cmap(i % 10) for i, label in enumerate(labels)}
+    cmap, size = (plt.get_cmap("tab10"), 10) if len(labels) <= 10 else (plt.get_cmap("tab20"), 20)
+    return {label: cmap(i % size) for i, label in enumerate(labels)}
 
 
 def _panels(keys: Sequence[ComparisonKey], title: str) -> tuple[Any, dict[ComparisonKey, Any]]:
-    """A figure with one panel per comparison: a row per workload, a column per batch size/budget."""
+    """A figure with one panel per comparison: a row per workload, its batch sizes/budgets across (each
+    workload its own, so a study whose workloads use different batch sizes fills every row from the left)."""
     rows = sorted({k.workload for k in keys})
-    columns = sorted({(k.batch_size, k.budget) for k in keys})
-    fig, axes = plt.subplots(
-        len(rows), len(columns), figsize=(4.6 * len(columns), 3.6 * len(rows)), squeeze=False
-    )
+    columns = {w: sorted({(k.batch_size, k.budget) for k in keys if k.workload == w}) for w in rows}
+    width = max(len(c) for c in columns.values())
+    fig, axes = plt.subplots(len(rows), width, figsize=(4.6 * width, 3.6 * len(rows)), squeeze=False)
     panels = {}
     for key in keys:
-        ax = axes[rows.index(key.workload)][columns.index((key.batch_size, key.budget))]
+        ax = axes[rows.index(key.workload)][columns[key.workload].index((key.batch_size, key.budget))]
         ax.set_title(f"{key.workload}\nbatch {key.batch_size}, {key.budget}", fontsize=9)
         ax.grid(alpha=0.3)
         panels[key] = ax
@@ -334,7 +426,308 @@ def plot_figure1(comparisons: dict[ComparisonKey, list[Variant]], path: Path) ->
     )
 
 
+def plot_performance_profiles(profiles: Sequence[PerformanceProfile], path: Path) -> Path | None:
+    """ρ(τ) of every optimizer, one panel per profile (gradient evaluations, seconds); None if no
+    problem was solved by anyone."""
+    if not any(p.problems for p in profiles):
+        return None
+    labels = sorted({label for p in profiles for label in p.ratios})
+    cmap, size = (plt.get_cmap("tab10"), 10) if len(labels) <= 10 else (plt.get_cmap("tab20"), 20)
+    fig, axes = plt.subplots(1, len(profiles), figsize=(5.5 * len(profiles), 4.2), squeeze=False)
+    taus = np.geomspace(1.0, PROFILE_TAU_MAX, 400)
+    for ax, profile in zip(axes[0], profiles, strict=True):
+        for i, label in enumerate(labels):
+            if profile.problems:
+                ax.step(
+                    taus,
+                    [profile.fraction(label, t) for t in taus],
+                    where="post",
+                    label=label,
+                    color=cmap(i % size),
+                )
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([t for t in PROFILE_TAUS if t <= PROFILE_TAU_MAX], [f"{t:g}" for t in PROFILE_TAUS])
+        ax.minorticks_off()
+        ax.set_xlim(1.0, PROFILE_TAU_MAX)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("τ (time to target / best time to target)")
+        ax.set_ylabel("fraction of workloads × batch sizes")
+        what = "gradient evaluations" if profile.x_key == "grad_evals" else "seconds"
+        ax.set_title(f"time to target in {what}\n({len(profile.problems)} solved problems)", fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.suptitle("performance profiles (AlgoPerf-style): ρ(τ) = share within τ× of the best")
+    return _save(fig, path)
+
+
+# -- the README table --------------------------------------------------------------------------
+
+README_COLUMNS = (
+    "workload",
+    "target",
+    "batch",
+    "optimizer",
+    "best lr",
+    "grad evals to target",
+    "seconds to target",
+    "final test",
+    "lr range (decades)",
+    "diverges from lr",
+    "epochs",
+    "s per 1k grad evals",
+)
+"""The columns of the README's result table (:func:`render_readme_table`)."""
+README_LEGEND = (
+    "best lr: selected on validation data (metric, then loss, then the smaller lr); (edge): at an end of "
+    "the lr grid tried; (≈): the runner-up is within the validation set's resolution. To target: mean over "
+    "seeds, (k/n) when only k of n seeds reached it. final test: mean ± std over seeds at the best lr. lr "
+    "range: width in decades of the lrs within {tolerance} of the best validation score (≥: it reaches "
+    "the grid's end). diverges from lr: the smallest lr with a diverged seed. epochs: training data seen."
+)
+
+_NUMBER = r"\d+(?:\.\d+)?(?:e[-+]?\d+)?"
+_LR = r"\d+(?:\.\d+)?(?:e-?\d+)?"
+_TO_TARGET = rf"(?:{_NUMBER}(?: \(\d+/\d+\))?|not reached|–)"
+README_CELL_PATTERNS = {
+    "workload": r"\S.*",
+    "target": rf"(?:\w+ [≥≤] {_NUMBER}|–)",
+    "batch": r"\d+",
+    "optimizer": r"\S.*",
+    "best lr": rf"{_LR}(?: \(edge\))?(?: \(≈\))?",
+    "grad evals to target": _TO_TARGET,
+    "seconds to target": _TO_TARGET,
+    "final test": rf"(?:{_NUMBER}(?: ± {_NUMBER})?|–)",
+    "lr range (decades)": rf"(?:(?:≥ )?{_NUMBER}|–)",
+    "diverges from lr": rf"(?:{_LR}|none)",
+    "epochs": rf"(?:{_NUMBER}|–)",
+    "s per 1k grad evals": rf"(?:{_NUMBER}|–)",
+}
+"""What each README table cell must look like (regular expressions, matched in full)."""
+
+
+def _to_target_readme(v: Variant, x_key: str, digits: str) -> str:
+    if v.target is None:
+        return "–"
+    stat = v.to_target(x_key)
+    if not stat.n:
+        return "not reached"
+    text = f"{stat.mean:{digits}}"
+    return text if stat.n == len(v.runs) else f"{text} ({stat.n}/{len(v.runs)})"
+
+
+def _final_test_readme(v: Variant) -> str:
+    stat = v.best.test
+    if not stat.n:
+        return "–"
+    spec = (".3f", ".3f") if v.metric == "accuracy" else (".4g", ".2g")
+    return f"{stat.mean:{spec[0]}} ± {stat.std:{spec[1]}}" if stat.n > 1 else f"{stat.mean:{spec[0]}}"
+
+
+def _number(value: float, spec: str) -> str:
+    return f"{value:{spec}}" if math.isfinite(value) else "–"
+
+
+def readme_rows(comparisons: dict[ComparisonKey, list[Variant]]) -> list[list[str]]:
+    """The README table's rows: one per variant, by workload, batch size, budget and optimizer."""
+    rows = []
+    for key, members in comparisons.items():
+        for v in members:
+            target = (
+                "–" if v.target is None else f"{v.metric} {'≥' if v.higher_is_better else '≤'} {v.target:g}"
+            )
+            rows.append(
+                [
+                    key.workload,
+                    target,
+                    str(key.batch_size),
+                    v.label,
+                    _lr_cell(v),
+                    _to_target_readme(v, "grad_evals", ".0f"),
+                    _to_target_readme(v, "time", ".2f"),
+                    _final_test_readme(v),
+                    _robust_cell(v),
+                    _boundary_cell(v),
+                    _number(v.final_mean("epoch"), ".3g"),
+                    _number(v.seconds_per_1k_grad_evals, ".3g"),
+                ]
+            )
+    return rows
+
+
+def _tolerance_text(comparisons: dict[ComparisonKey, list[Variant]]) -> str:
+    parts = sorted(
+        {
+            f"{v.robust.tolerance:g}{' relative' if v.robust.relative else ''} ({v.metric})"
+            for members in comparisons.values()
+            for v in members
+            if v.robust is not None
+        }
+    )
+    return ", ".join(parts) or "the tolerance"
+
+
+def render_readme_table(comparisons: dict[ComparisonKey, list[Variant]]) -> str:
+    """The result table exactly as the README shows it: a Markdown table and a legend line."""
+    legend = README_LEGEND.format(tolerance=_tolerance_text(comparisons))
+    return "\n".join([*_markdown_table(README_COLUMNS, readme_rows(comparisons)), "", legend]) + "\n"
+
+
+def _split_row(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def readme_table_rows(text: str) -> list[list[str]] | None:
+    """The rows of the first table in ``text`` with the README table's header (None if there is none)."""
+    header = "| " + " | ".join(README_COLUMNS) + " |"
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() == header:
+            rows = []
+            for row in lines[i + 2 :]:
+                if not row.strip().startswith("|"):
+                    break
+                rows.append(_split_row(row))
+            return rows
+    return None
+
+
+def check_readme_table(text: str, expected: str | None = None) -> list[str]:
+    """Problems with the result table in ``text`` (e.g. README.md); an empty list when there are none.
+
+    The table must have the report's header (:data:`README_COLUMNS`) and separator, at least one row,
+    and every cell in the report's format (:data:`README_CELL_PATTERNS`). With ``expected`` (the text
+    of a report's ``readme_table.md``), its rows must also be exactly the report's rows.
+    """
+    header = "| " + " | ".join(README_COLUMNS) + " |"
+    lines = [line.strip() for line in text.splitlines()]
+    if header not in lines:
+        return [f"no table with the report's header {header!r}"]
+    problems = []
+    start = lines.index(header)
+    separator = "|" + "---|" * len(README_COLUMNS)
+    if start + 1 >= len(lines) or lines[start + 1].replace(" ", "") != separator:
+        problems.append(f"the header is not followed by the separator {separator!r}")
+    rows = readme_table_rows(text) or []
+    if not rows:
+        problems.append("the table has no rows")
+    for number, row in enumerate(rows, 1):
+        if len(row) != len(README_COLUMNS):
+            problems.append(f"row {number}: {len(row)} cells, expected {len(README_COLUMNS)}: {row}")
+            continue
+        for column, cell in zip(README_COLUMNS, row, strict=True):
+            if not re.fullmatch(README_CELL_PATTERNS[column], cell):
+                problems.append(
+                    f"row {number} ({row[0]}, batch {row[2]}, {row[3]}): {column} {cell!r} is not "
+                    "in the report's format"
+                )
+    if expected is not None:
+        wanted = readme_table_rows(expected)
+        if wanted is None:
+            problems.append("the expected text has no README table")
+        elif rows != wanted:
+            have = {tuple(r) for r in rows}
+            want = {tuple(r) for r in wanted}
+            problems += [
+                f"missing or different row (the report has it): {' | '.join(r)}"
+                for r in wanted
+                if tuple(r) not in have
+            ]
+            problems += [f"row not in the report: {' | '.join(r)}" for r in rows if tuple(r) not in want]
+            if not problems:
+                problems.append("the rows are the report's but in a different order")
+    return problems
+
+
 # -- the report --------------------------------------------------------------------------------
+
+
+def profile_tables(profiles: Sequence[PerformanceProfile]) -> list[str]:
+    """A Markdown table per profile: ρ(τ) at :data:`PROFILE_TAUS` and the area score, per optimizer."""
+    lines = []
+    for profile in profiles:
+        what = "gradient evaluations" if profile.x_key == "grad_evals" else "seconds"
+        lines += [f"### Time to target in {what}", ""]
+        if not profile.problems:
+            lines += ["No workload × batch size where any optimizer reached the target with every seed.", ""]
+            continue
+        header = [
+            "optimizer",
+            *(f"ρ({tau:g})" for tau in PROFILE_TAUS),
+            f"score (area to τ={PROFILE_TAU_MAX:g})",
+        ]
+        rows = [
+            [
+                f"`{label}`",
+                *(f"{profile.fraction(label, tau):.2f}" for tau in PROFILE_TAUS),
+                f"{profile.score(label):.3f}",
+            ]
+            for label in sorted(profile.ratios, key=lambda label: (-profile.score(label), label))
+        ]
+        lines += _markdown_table(header, rows)
+        lines += [
+            "",
+            f"Problems ({len(profile.problems)}): "
+            + ", ".join(f"{k.workload} batch {k.batch_size}" for k in profile.problems)
+            + (
+                ". Not reached by any optimizer (left out): "
+                + ", ".join(f"{k.workload} batch {k.batch_size}" for k in profile.unsolved)
+                if profile.unsolved
+                else ""
+            )
+            + ".",
+            "",
+        ]
+    return lines
+
+
+def _profile_section(profiles: Sequence[PerformanceProfile]) -> list[str]:
+    return [
+        "## Performance profiles",
+        "",
+        "AlgoPerf-style: for each optimizer, ρ(τ) is the fraction of problems (workload × batch size × "
+        "budget) on which its time to target is within τ× of the best optimizer's there. Time to target: "
+        "mean over seeds at the selected lr, counted only when every seed reached the target (else "
+        "infinite). Score: the area under ρ from τ = 1 to "
+        f"{PROFILE_TAU_MAX:g}, normalised (1 = fastest everywhere).",
+        "",
+        *profile_tables(profiles),
+    ]
+
+
+def _selection_flags(comparisons: dict[ComparisonKey, list[Variant]]) -> list[str]:
+    members = [v for vs in comparisons.values() for v in vs]
+    edge = [v for v in members if v.lr_at_grid_edge]
+    close = [v for v in members if v.runner_up_within_resolution]
+    bounded = [v for v in members if v.bounded_by_divergence]
+
+    def name(v: Variant) -> str:
+        where = f"{v.comparison.workload}, batch {v.comparison.batch_size}"
+        return f"`{v.label}` ({where}) lr {format_lr(v.best.lr)}"
+
+    lines = ["## Selection flags", ""]
+    lines.append(
+        "- Selected lr at an edge of its grid (possibly untuned; `--lr-extend` extends the grid): "
+        + (", ".join(f"{name(v)} [{v.edge}]" for v in edge) if edge else "none")
+        + "."
+    )
+    lines.append(
+        "- Runner-up within the validation set's resolution (the choice between the two is a coin toss): "
+        + (
+            ", ".join(
+                f"{name(v)} vs {format_lr(v.runner_up.lr)} (gap {v.runner_up_gap:.3g} ≤ {v.resolution:.3g})"
+                for v in close
+                if v.runner_up is not None
+            )
+            if close
+            else "none"
+        )
+        + "."
+    )
+    lines.append(
+        "- Selected lr just below a diverged lr (the optimum on that side): "
+        + (", ".join(name(v) for v in bounded) if bounded else "none")
+        + "."
+    )
+    return [*lines, ""]
 
 
 def _notes(runs: Sequence[RunRecord], comparisons: dict[ComparisonKey, list[Variant]]) -> list[str]:
@@ -349,8 +742,15 @@ def _notes(runs: Sequence[RunRecord], comparisons: dict[ComparisonKey, list[Vari
     lines = [
         "## Notes",
         "",
-        "- Learning rates are selected on the validation split (final value, mean over seeds; a diverged "
-        "seed counts as worst); all test figures are at the selected lr, mean ± std over seeds.",
+        "- Learning rates are selected on the validation split: final metric, mean over seeds (a diverged "
+        "seed counts as worst), ties broken by the mean final validation loss, then by the smaller lr; all "
+        "test figures are at the selected lr, mean ± std over seeds. (edge): the selected lr is at an end "
+        "of its grid; (≈): the runner-up is within the validation resolution (1 / n_validation for "
+        f"accuracy, {CONTINUOUS_RESOLUTION:g} × the best value for other metrics).",
+        f"- lr range: the width in decades of the contiguous lrs of the grid, around the selected one, whose "
+        f"validation score is within {_tolerance_text(comparisons)} of the best (≥: the range reaches an "
+        "end of the grid). Smallest diverged lr: the divergence boundary. Epochs: training data seen (with "
+        "stage batches `fresh` a Runge–Kutta step draws one batch per stage).",
         "- Time is training wall-clock only (batch sampling and optimizer steps; evaluation excluded), "
         "measured with the other runs of the sweep executing in parallel on the same machine: it varies with "
         "the machine's load (see the s / 1k grad evals column); for timing-grade figures use --workers 1 on "
@@ -377,8 +777,12 @@ def _notes(runs: Sequence[RunRecord], comparisons: dict[ComparisonKey, list[Vari
     return lines
 
 
-def write_report(results_dir: Path, out_dir: Path | None = None) -> Report:
-    """Summarise every finished run under ``results_dir`` into ``out_dir`` (default ``RESULTS/report``)."""
+def write_report(results_dir: Path, out_dir: Path | None = None, robustness: float | None = None) -> Report:
+    """Summarise every finished run under ``results_dir`` into ``out_dir`` (default ``RESULTS/report``).
+
+    ``robustness``: the tolerance of the lr-robustness range (default
+    :data:`rkopt.bench.analysis.ROBUSTNESS_TOLERANCE`: 0.01 absolute for accuracy, 1% relative else).
+    """
     results_dir = Path(results_dir)
     runs = load_results(results_dir)
     if not runs:
@@ -388,7 +792,8 @@ def write_report(results_dir: Path, out_dir: Path | None = None) -> Report:
         )
     out_dir = Path(out_dir) if out_dir is not None else results_dir / REPORT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
-    comparisons = variants(runs)
+    comparisons = variants(runs, robustness)
+    profiles = [performance_profiles(comparisons, "grad_evals"), performance_profiles(comparisons, "time")]
     figures = {
         "Test metric vs gradient evaluations": plot_curves(
             comparisons, "grad_evals", "gradient evaluations", out_dir / "metric_vs_grad_evals.png"
@@ -402,6 +807,7 @@ def write_report(results_dir: Path, out_dir: Path | None = None) -> Report:
         "Learning-rate sensitivity": plot_lr_sensitivity(comparisons, out_dir / "lr_sensitivity.png"),
         "Step size h of the adaptive variants": plot_step_sizes(comparisons, out_dir / "step_size.png"),
         "RK4 vs Adam (paper's Figure 1 setting)": plot_figure1(comparisons, out_dir / "figure1.png"),
+        "Performance profiles": plot_performance_profiles(profiles, out_dir / "performance_profile.png"),
     }
     lines = [
         "# rkopt benchmark report",
@@ -409,6 +815,10 @@ def write_report(results_dir: Path, out_dir: Path | None = None) -> Report:
         f"{len(runs)} finished runs in `{results_dir}`, "
         f"{sum(r.diverged for r in runs)} diverged. Headline: time to reach the target test metric.",
         "",
+        "## Results (README table)",
+        "",
+        render_readme_table(comparisons),
+        *_selection_flags(comparisons),
     ]
     for key, members in comparisons.items():
         target, metric = members[0].target, members[0].metric
@@ -429,14 +839,23 @@ def write_report(results_dir: Path, out_dir: Path | None = None) -> Report:
     for title, path in figures.items():
         if path is None:
             reason = (
-                "no adaptive variant in these runs" if "Step size" in title else "neither rk4 nor adam ran"
+                "no adaptive variant in these runs"
+                if "Step size" in title
+                else "no optimizer reached the target"
+                if "profiles" in title
+                else "neither rk4 nor adam ran"
             )
             lines += [f"- {title}: not drawn ({reason}).", ""]
         else:
             lines += [f"### {title}", "", f"![{title}]({path.name})", ""]
+    lines += _profile_section(profiles)
     lines += _notes(runs, comparisons)
     markdown = out_dir / "report.md"
-    markdown.write_text("\n".join(lines) + "\n")
+    write_text_atomic(markdown, "\n".join(lines) + "\n")
     summary = out_dir / "summary.json"
-    summary.write_text(json.dumps(clean_floats(_summary_json(comparisons)), indent=2) + "\n")
-    return Report(markdown, summary, [p for p in figures.values() if p is not None])
+    write_json_atomic(summary, _summary_json(comparisons))
+    readme = out_dir / "readme_table.md"
+    write_text_atomic(readme, render_readme_table(comparisons))
+    profile_md = out_dir / "performance_profile.md"
+    write_text_atomic(profile_md, "\n".join(["# Performance profiles", "", *profile_tables(profiles)]) + "\n")
+    return Report(markdown, summary, [p for p in figures.values() if p is not None], readme, profile_md)

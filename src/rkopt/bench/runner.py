@@ -1,8 +1,11 @@
 """One training run: the loop, the closure, budgets, measurements and divergence.
 
 Every optimizer, rkopt or torch.optim, is driven the same way: ``step(closure)`` on one minibatch.
-The closure re-evaluates that same batch for every Runge–Kutta stage, and BatchNorm running
-statistics are updated only by the first evaluation of a step (:func:`rkopt.frozen_buffers`).
+With ``stage_batches = "same"`` (the default) the closure re-evaluates that same batch for every
+Runge–Kutta stage; with ``"fresh"`` every call after the first draws the next batch of the loader (as
+the DAL authors' reference code does), so a step of s stages consumes s batches. BatchNorm running
+statistics are updated only by the first evaluation of a step (:func:`rkopt.frozen_buffers`). Each
+measurement records the data consumed (``samples``, ``epoch``) from the batches actually drawn.
 
 Measurements are taken every ``eval_every`` gradient evaluations (so all optimizers are measured at
 comparable budgets), at the start and at the end. The clock counts training only: sampling the batch
@@ -12,9 +15,10 @@ and the optimizer step, never evaluation.
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +26,41 @@ import torch
 from torch import Tensor, nn
 
 import rkopt
-from rkopt.bench.config import Environment, RunConfig
+from rkopt.bench.config import Environment, RunConfig, stage_batches_for
 from rkopt.bench.errors import ConfigError
 from rkopt.bench.optimizers import TrackedOptimizer, build_optimizer
-from rkopt.bench.records import RunWriter, environment_info, is_finished, load_run, run_directory
-from rkopt.bench.workloads import Problem, Task, get_workload
+from rkopt.bench.records import (
+    RUN_FILES,
+    RunWriter,
+    environment_info,
+    is_finished,
+    load_run,
+    run_directory,
+)
+from rkopt.bench.workloads import Batch, Problem, Task, get_workload
 
 
 def make_closure(
-    model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, inputs: Tensor, targets: Tensor
+    model: nn.Module,
+    task: Task,
+    optimizer: torch.optim.Optimizer,
+    inputs: Tensor,
+    targets: Tensor,
+    next_batch: Callable[[], Batch] | None = None,
 ) -> Callable[[], Tensor]:
     """The closure of one step: zero the gradients, loss on this batch, backward, return the loss.
 
-    Buffers (BatchNorm running statistics) change only in the step's first evaluation.
+    Every call uses ``(inputs, targets)``, or, with ``next_batch`` (``stage_batches = "fresh"``), every
+    call after the first uses ``next_batch()``. Buffers (BatchNorm running statistics) change only in
+    the step's first evaluation.
     """
+    calls = 0
 
     def closure() -> Tensor:
+        nonlocal calls, inputs, targets
+        if calls and next_batch is not None:
+            inputs, targets = next_batch()
+        calls += 1
         optimizer.zero_grad()
         with rkopt.frozen_buffers(model, enabled=not rkopt.is_first_evaluation(optimizer)):
             loss = task.loss(model(inputs), targets)
@@ -71,6 +94,7 @@ class _Trainer:
         )
         self.train_seconds = 0.0
         self.eval_seconds = 0.0
+        self.batches_drawn = 0
         self.loss_sum, self.loss_count = 0.0, 0
         self.last_measured = -1
 
@@ -82,7 +106,8 @@ class _Trainer:
             "step": opt.steps,
             "grad_evals": opt.grad_evals,
             "time": self.train_seconds,
-            "epoch": opt.steps * self.config.batch_size / task.epoch_size(data.train),
+            "samples": self.batches_drawn * self.config.batch_size,
+            "epoch": self.batches_drawn * self.config.batch_size / task.epoch_size(data.train),
             "lr": opt.lr,
             "h": opt.step_size,
             "train_loss": self.loss_sum / self.loss_count if self.loss_count else None,
@@ -106,6 +131,13 @@ class _Trainer:
         generator = torch.Generator().manual_seed(config.seed)
         torch.manual_seed(config.seed)  # dropout and other noise
         batches = self.problem.task.batches(self.problem.data.train, config.batch_size, generator)
+
+        def draw() -> Batch:
+            self.batches_drawn += 1
+            inputs, targets = next(batches)
+            return inputs.to(self.device), targets.to(self.device)
+
+        fresh = draw if config.stage_batches == "fresh" and opt.is_runge_kutta else None
         next_measurement = config.eval_every
         final = self.measure()
         divergence: dict[str, Any] | None = None
@@ -113,8 +145,8 @@ class _Trainer:
         self.model.train()
         while (reason := config.budget.stop_reason(opt.grad_evals, self.train_seconds, opt.steps)) is None:
             started = time.perf_counter()
-            inputs, targets = (t.to(self.device) for t in next(batches))
-            closure = make_closure(self.model, self.problem.task, opt.optimizer, inputs, targets)
+            inputs, targets = draw()
+            closure = make_closure(self.model, self.problem.task, opt.optimizer, inputs, targets, fresh)
             before = opt.grad_evals
             try:
                 loss = float(opt.step(closure))
@@ -143,6 +175,7 @@ class _Trainer:
             "stop_reason": reason,
             "steps": opt.steps,
             "grad_evals": opt.grad_evals,
+            "samples": self.batches_drawn * config.batch_size,
             "train_seconds": self.train_seconds,
             "eval_seconds": self.eval_seconds,
             "final": final,
@@ -206,6 +239,9 @@ def execute_run(
         },
         "metric": problem.task.metric,
         "higher_is_better": problem.task.higher_is_better,
+        "validation_examples": problem.task.evaluated_examples(data.validation),
+        "validation_resolution": problem.task.resolution(data.validation),
+        "stage_batches": stage_batches_for(config.optimizer, config.stage_batches),
         "target": config.target if config.target is not None else data.target,
         **environment_info(),
     }
@@ -214,3 +250,21 @@ def execute_run(
         result = _Trainer(config, problem, torch.device(environment.device), writer.log).train(progress)
         writer.finish(result)
     return RunOutcome(config.run_id, result["status"], result["stop_reason"], result["final"])
+
+
+@dataclass
+class DetachedRun:
+    """A run executed away from the results directory: its outcome and its record files' text."""
+
+    outcome: RunOutcome
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def execute_run_detached(config: RunConfig, environment: Environment) -> DetachedRun:
+    """Train one run in a private temporary directory and return its records (for a remote worker:
+    no shared filesystem; the driver publishes them with :func:`rkopt.bench.records.publish_run`)."""
+    with tempfile.TemporaryDirectory(prefix="rkopt-run-") as scratch:
+        outcome = execute_run(config, Path(scratch), environment)
+        run_dir = run_directory(Path(scratch), config)
+        files = {name: (run_dir / name).read_text() for name in RUN_FILES}
+    return DetachedRun(outcome, files)

@@ -53,6 +53,14 @@ class ClassificationTask:
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return F.cross_entropy(outputs, targets)
 
+    def evaluated_examples(self, split: Split) -> int:
+        """How many examples :meth:`evaluate` scores: the whole split."""
+        return len(split)
+
+    def resolution(self, split: Split) -> float | None:
+        """The smallest change of the metric on ``split``: one example, 1 / n."""
+        return 1.0 / len(split)
+
     def _chunks(self, split: Split) -> Iterator[Batch]:
         for start in range(0, len(split), 2048):
             yield split.inputs[start : start + 2048], split.targets[start : start + 2048]
@@ -92,6 +100,14 @@ class LanguageModelTask:
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return F.cross_entropy(outputs.flatten(0, 1), targets.flatten())
+
+    def evaluated_examples(self, split: Split) -> int:
+        """How many characters :meth:`evaluate` predicts: the kept windows × the context."""
+        return min(len(split) // self.context, self.eval_windows) * self.context
+
+    def resolution(self, split: Split) -> float | None:
+        """None: perplexity is continuous (the report falls back to a relative resolution)."""
+        return None
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: Split, device: torch.device) -> dict[str, float]:
