@@ -10,6 +10,7 @@ from rkopt.core import (
     TABLEAUX,
     Attempt,
     ButcherTableau,
+    ChebyshevMethod,
     Option,
     PIController,
     PolicyNeeds,
@@ -23,6 +24,7 @@ from rkopt.core import (
     register_policy,
 )
 from rkopt.torch import (
+    CHEBYSHEV_PRESETS,
     PRESETS,
     RK4,
     AdaGrad,
@@ -48,6 +50,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ALIASES",
+    "CHEBYSHEV_PRESETS",
     "POLICIES",
     "PRESETS",
     "RK4",
@@ -55,6 +58,7 @@ __all__ = [
     "AdaGrad",
     "Attempt",
     "ButcherTableau",
+    "ChebyshevMethod",
     "Counters",
     "DiagonalPreconditioner",
     "DormandPrince",

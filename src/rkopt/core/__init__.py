@@ -1,6 +1,7 @@
 """Framework-neutral solver core: Butcher tableaux, order conditions, the step plan, options and
 step-size policies (pure Python)."""
 
+from rkopt.core.chebyshev import ChebyshevMethod
 from rkopt.core.control import PIController, dal_step_size
 from rkopt.core.options import Option, OptionTable
 from rkopt.core.plan import GroupPlan, StepPlan
@@ -26,6 +27,7 @@ __all__ = [
     "TABLEAUX",
     "Attempt",
     "ButcherTableau",
+    "ChebyshevMethod",
     "DriftAdjusted",
     "ErrorControl",
     "GroupPlan",

@@ -10,13 +10,14 @@ from rkopt.torch.preconditioners import (
     get_preconditioner,
     register_preconditioner,
 )
-from rkopt.torch.presets import PRESETS, preset
+from rkopt.torch.presets import CHEBYSHEV_PRESETS, PRESETS, preset
 from rkopt.torch.runge_kutta import RungeKutta
 from rkopt.torch.running_stats import frozen_buffers, is_first_evaluation
 from rkopt.torch.stagewise import repeat_batches
 from rkopt.torch.update_rules import HeavyBall, Nesterov, PlainUpdate, UpdateRule
 
 __all__ = [
+    "CHEBYSHEV_PRESETS",
     "PRESETS",
     "RK4",
     "AdaGrad",
