@@ -14,8 +14,15 @@ MODULES = {
     ".".join(path.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__"): path
     for path in sorted((SRC / "rkopt").rglob("*.py"))
 }
-LAYERS = ["rkopt.core", "rkopt.torch", "rkopt.bench", "rkopt.cli", "rkopt.integrations"]
-"""Lowest first; a module may import only from its own layer or lower ones (rkopt/__init__ aside)."""
+LAYERS = [
+    ("rkopt.core",),
+    ("rkopt.torch", "rkopt.optax"),
+    ("rkopt.bench",),
+    ("rkopt.cli",),
+    ("rkopt.integrations",),
+]
+"""Lowest first; a module may import only from its own layer or lower ones (rkopt/__init__ aside);
+the two bindings are one layer and never import each other."""
 
 
 def imports(module: str) -> set[str]:
@@ -40,7 +47,19 @@ GRAPH = {module: {name for name in imports(module) if name in MODULES} for modul
 
 
 def layer(module: str) -> int:
-    return max(i for i, prefix in enumerate(LAYERS) if module == prefix or module.startswith(prefix + "."))
+    return next(
+        i
+        for i, prefixes in enumerate(LAYERS)
+        for prefix in prefixes
+        if module == prefix or module.startswith(prefix + ".")
+    )
+
+
+def test_the_bindings_do_not_import_each_other():
+    for module, names in GRAPH.items():
+        for a, b in (("rkopt.torch", "rkopt.optax"), ("rkopt.optax", "rkopt.torch")):
+            if module.startswith(a):
+                assert not [n for n in names if n.startswith(b)], module
 
 
 def test_there_is_no_import_cycle():

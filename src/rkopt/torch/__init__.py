@@ -2,7 +2,13 @@
 
 from rkopt.torch.aliases import RK4, DormandPrince, Euler, Heun, Midpoint
 from rkopt.torch.config import group_options
-from rkopt.torch.errors import Counters, NonFiniteStepError, StepInProgressError, StepRejectedError
+from rkopt.torch.errors import (
+    Counters,
+    NonFiniteStepError,
+    StaleGradientError,
+    StepInProgressError,
+    StepRejectedError,
+)
 from rkopt.torch.preconditioners import (
     AdaGrad,
     DiagonalPreconditioner,
@@ -33,6 +39,7 @@ __all__ = [
     "PlainUpdate",
     "RMSProp",
     "RungeKutta",
+    "StaleGradientError",
     "StepInProgressError",
     "StepRejectedError",
     "UpdateRule",

@@ -35,3 +35,8 @@ class Counters:
     grad_evals: int = 0
     rejected_steps: int = 0
     skipped_steps: int = 0
+
+
+class StaleGradientError(RuntimeError):
+    """An evaluation did not produce the gradients the step would integrate: no backward since the
+    previous one, or a backward that accumulated onto the previous evaluation's gradients."""

@@ -26,9 +26,7 @@ from rkopt.torch.preconditioners import get_preconditioner
 from rkopt.torch.update_rules import UpdateRule, update_rule
 
 
-def step_plan(
-    method: Method, groups: Sequence[Mapping[str, Any]], needs: Sequence[PolicyNeeds]
-) -> StepPlan:
+def step_plan(method: Method, groups: Sequence[Mapping[str, Any]], needs: Sequence[PolicyNeeds]) -> StepPlan:
     """The plan every group shares."""
     return StepPlan.for_needs(method, needs, igr=any(group["igr"] > 0 for group in groups))
 

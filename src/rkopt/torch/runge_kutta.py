@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterable
+from numbers import Real
 from dataclasses import asdict
 from typing import Any
 
@@ -28,6 +29,7 @@ from rkopt.torch.config import group_options, options_doc, validate_group, valid
 from rkopt.torch.engine import StepProgram
 from rkopt.torch.errors import Counters, StepInProgressError
 from rkopt.torch.planning import Planner
+from rkopt.torch.provenance import GradientWitness
 from rkopt.torch.rng import RNGSnapshot
 from rkopt.torch.stagewise import StagewiseStep
 
@@ -104,6 +106,7 @@ class RungeKutta(Optimizer):
         self._workspace: dict[Tensor, dict[str, Tensor]] = {}
         self._planner = Planner(self._workspace)
         self._stagewise_step: StagewiseStep | None = None
+        self._in_step = False
         self._batch_rng: RNGSnapshot | None = None
 
     # -- configuration ---------------------------------------------------------------------
@@ -202,6 +205,19 @@ class RungeKutta(Optimizer):
         Closure mode returns the closure's loss at θ_n. Stage-wise mode evaluates ``closure`` once
         if given (as any ``torch.optim`` optimizer does) and returns its loss, else ``loss``.
         """
+        if self._in_step:
+            raise RuntimeError(
+                "optimizer.step() was called while a step of the same optimizer is running (from "
+                "inside its closure); the closure must only zero the gradients, compute the loss, call "
+                "backward() and return the loss"
+            )
+        self._in_step = True
+        try:
+            return self._step(closure, loss)
+        finally:
+            self._in_step = False
+
+    def _step(self, closure: Closure | None, loss: Any) -> Any:
         if self.stagewise:
             if closure is not None:
                 with torch.enable_grad():
@@ -222,7 +238,9 @@ class RungeKutta(Optimizer):
     def _stage(self, loss: Any) -> None:
         step = self._stagewise_step
         if step is None:
-            step = self._stagewise_step = StagewiseStep(self._program, self._gradients, self._batch_rng)
+            step = self._stagewise_step = StagewiseStep(
+                self._program, self._gradients, self._batch_rng, lambda: self.param_groups
+            )
         try:
             outcome = step.advance(loss)
         except BaseException:
@@ -247,20 +265,30 @@ class RungeKutta(Optimizer):
         after_first: RNGSnapshot | None = None
         calls = 0
 
+        witness = GradientWitness()
+
         def evaluate() -> Any:
             nonlocal after_first, calls
             if calls:
                 snapshot.restore()
+                witness.mark(self.param_groups)
             self.evaluation_index = calls
             with torch.enable_grad():
                 loss = closure()
             calls += 1
             if calls == 1:
                 after_first = RNGSnapshot.capture()
+            else:
+                witness.check(f"closure call {calls} of the step")
             if loss is None:
                 raise ValueError(
                     "the closure returned None; it must return the loss it computed and "
                     "backpropagated (a tensor or float)"
+                )
+            if not isinstance(loss, (Tensor, Real)) or isinstance(loss, bool):
+                raise TypeError(
+                    f"the closure returned {type(loss).__name__}; it must return the loss it computed "
+                    "and backpropagated, a tensor or a float (return loss, not e.g. (loss, logits))"
                 )
             return loss
 

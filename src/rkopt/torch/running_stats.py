@@ -39,6 +39,12 @@ def frozen_buffers(module: nn.Module, enabled: bool = True) -> Iterator[None]:
 
 
 def is_first_evaluation(optimizer: torch.optim.Optimizer) -> bool:
-    """True unless ``optimizer`` is an rkopt optimizer inside a step, past its first closure call."""
+    """True unless ``optimizer`` is an rkopt optimizer inside a step, past its first closure call.
+
+    Wrappers that hide the optimizer's attributes (accelerate's ``AcceleratedOptimizer``, DeepSpeed)
+    are looked through via their ``.optimizer``, as :func:`rkopt.repeat_batches` does.
+    """
+    while not hasattr(optimizer, "evaluation_index") and hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
     index = getattr(optimizer, "evaluation_index", None)
     return index is None or index == 0

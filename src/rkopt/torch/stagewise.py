@@ -27,6 +27,7 @@ import torch
 
 from rkopt.torch._ops import TensorListOps
 from rkopt.torch.engine import StepProgram
+from rkopt.torch.provenance import GradientWitness
 from rkopt.torch.rng import RNGSnapshot
 
 Item = TypeVar("Item")
@@ -39,6 +40,7 @@ class StagewiseStep:
         start: builds the step's program (called at the first evaluation, after its backward).
         gradients: the gradients now present (checked when an evaluation comes without a loss).
         batch_rng: the random number generators captured before the first forward (None: none).
+        groups: the param groups (to check that each evaluation brings fresh gradients).
     """
 
     def __init__(
@@ -46,8 +48,10 @@ class StagewiseStep:
         start: Callable[[], StepProgram],
         gradients: Callable[[], list[torch.Tensor]],
         batch_rng: RNGSnapshot | None,
+        groups: Callable[[], list[dict[str, Any]]],
     ) -> None:
-        self.start, self.gradients, self.batch_rng = start, gradients, batch_rng
+        self.start, self.gradients, self.batch_rng, self.groups = start, gradients, batch_rng, groups
+        self.witness = GradientWitness()
         self.calls = 0
         self.program: StepProgram | None = None
         self.generator = None
@@ -67,6 +71,12 @@ class StagewiseStep:
                 RuntimeWarning,
                 stacklevel=4,
             )
+        if self.calls:
+            try:
+                self.witness.check(f"evaluation {self.calls + 1} of the stage-wise step")
+            except BaseException:
+                self.abort()
+                raise
         if loss is None and not self._gradients_finite():
             loss = math.nan  # the stage's gradient is not finite: the step fails as non-finite
         self.calls += 1
@@ -88,6 +98,7 @@ class StagewiseStep:
             self.batch_rng.restore()
         else:
             self.rng_between = torch.get_rng_state()
+        self.witness.mark(self.groups())
         return None
 
     def abort(self) -> None:
