@@ -200,6 +200,18 @@ class StepPlan:
         )
 
     @property
+    def coefficient_bound(self) -> float:
+        """A bound on |α|/h over the coefficients a step multiplies a direction by (stage points,
+        weights, error weights), with a margin of 4 for momentum and decoupled decay terms."""
+        values = [abs(a) for point in self.points for _, a in point.directions]
+        values += [abs(b) for b in self.tableau.b]
+        if self.tableau.is_embedded:
+            values += [abs(e) for e in self.tableau.error_weights]
+        if self.candidate is not None:
+            values += [abs(a) for _, a in self.candidate.directions]
+        return 4.0 * max(values, default=1.0)
+
+    @property
     def point_buffers(self) -> int:
         """Parameter-sized buffers for earlier stage points (2 for a recurrence, else 0)."""
         recurrent = any(p.recurrent for p in (*self.points, *([self.candidate] if self.candidate else [])))

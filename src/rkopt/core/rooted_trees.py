@@ -44,11 +44,20 @@ def _partitions(total: int, largest: int) -> list[list[int]]:
     ]
 
 
+MAX_TREE_ORDER = 12
+"""The largest tree order built (a tableau claims at most order 10 and is checked to fail order + 1)."""
+
+
 @cache
 def trees_of_order(order: int) -> tuple[Tree, ...]:
     """All rooted trees with exactly ``order`` nodes, each once, in canonical (sorted) form."""
     if order < 1:
         raise ValueError(f"order must be >= 1, got {order}")
+    if order > MAX_TREE_ORDER:
+        raise ValueError(
+            f"rooted trees of order {order} are not built: beyond order {MAX_TREE_ORDER} their number "
+            "(7813 up to 12, about 20 million up to 20) makes the order conditions impractical"
+        )
     if order == 1:
         return ((),)
     found: set[Tree] = set()

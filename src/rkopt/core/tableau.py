@@ -21,6 +21,9 @@ Coefficient = Real | Fraction | str
 
 _TOLERANCE = 1e-12
 
+MAX_ORDER = 10
+"""The highest claimed order whose conditions are verified (1205 rooted trees, ~0.1 s)."""
+
 
 def _number(value: Coefficient, where: str) -> float:
     try:
@@ -128,6 +131,13 @@ class ButcherTableau:
     def _check_order(self, weights: tuple[float, ...], order: object, label: str, what: str) -> None:
         if not isinstance(order, int) or isinstance(order, bool) or order < 1:
             raise ValueError(f"ButcherTableau {self.name!r}: {what} must be an int >= 1, got {order!r}")
+        if order > MAX_ORDER:
+            raise ValueError(
+                f"ButcherTableau {self.name!r}: {what}={order} is above {MAX_ORDER}, the highest order "
+                "whose conditions are verified (their rooted trees grow about 3x per order: 1205 up to "
+                "order 10, 7813 up to 12, about 20 million up to 20); claim at most order "
+                f"{MAX_ORDER}"
+            )
         failed = [
             (tree, r) for tree, r in order_condition_residuals(self.a, weights, order) if abs(r) > 1e-10
         ]

@@ -75,8 +75,10 @@ class StepProgram:
         """The step after the evaluation at θ_n; returns ``"accepted"`` or ``"skipped"``."""
         runs = self.runs
         self.losses = [first_loss]
+        if not is_finite(first_loss):
+            return self.nonfinite()  # no step can help when θ_n itself is bad
         if not runs:
-            return "accepted" if is_finite(first_loss) else self.nonfinite()
+            return "accepted"
         for run in runs:
             run.save_theta0()
         yield from self.record(runs, 0)
@@ -90,12 +92,14 @@ class StepProgram:
             result = (yield from self.probe(members, request)) if request is not None else None
             for run, h in zip(members, policy.initial_steps(groups, result), strict=True):
                 run.h = h
+        if not all(is_finite(loss) for loss in self.losses) or not self.steps_representable():
+            return self.nonfinite()  # a probe failed, or an h too large for the parameters' dtype
         settled = len(self.losses)
         for index in range(MAX_ATTEMPTS):
             del self.losses[settled:]
             candidate_loss = yield from self.attempt()
-            if not is_finite(first_loss):
-                break  # no smaller step helps when θ_n itself is bad: the step fails as non-finite
+            if not all(is_finite(loss) for loss in self.losses) and not self.first_directions_finite():
+                break  # no smaller step helps when d_1 itself is not finite: the step fails
             attempts = [
                 self.report(policy, members, index, candidate_loss) for policy, members in self.policies
             ]
@@ -119,6 +123,8 @@ class StepProgram:
                         )
                     for run, h in zip(members, verdict.h, strict=True):
                         run.h = h
+            if not self.steps_representable():
+                return self.nonfinite()
         else:
             names = [policy.name for policy, _ in self.policies]
             raise RuntimeError(
@@ -132,6 +138,15 @@ class StepProgram:
         for (policy, members), attempt in zip(self.policies, attempts, strict=True):
             policy.commit([run.group for run in members], attempt)
         return "accepted"
+
+    def steps_representable(self) -> bool:
+        """Whether every group's h, times the plan's coefficients, is finite in its dtype (a larger
+        one would overflow the parameters' type in the first update)."""
+        bound = self.plan.coefficient_bound
+        return all(math.isfinite(run.h) and abs(run.h) * bound <= run.largest_value for run in self.runs)
+
+    def first_directions_finite(self) -> bool:
+        return all(run.ops.all_finite(run.directions[0]) for run in self.runs)
 
     def attempt(self) -> Program:
         """Stages 2..s from the stored stage 1 at the runs' h; the parameters then hold the
@@ -182,6 +197,9 @@ class StepProgram:
         direction_sq = sum(float(run.ops.sum_squares(run.directions[0])) for run in probing)
         if direction_sq == 0.0:
             return ProbeResult(request.eps, 0.0, 0.0)
+        if not math.isfinite(direction_sq):
+            self.losses.append(math.nan)  # d_1 is not finite: the step fails as non-finite
+            return ProbeResult(request.eps, direction_sq, math.nan)
         norm = math.sqrt(direction_sq)
         for run in probing:
             run.displace(run.directions[0], -request.eps / norm)
@@ -195,6 +213,8 @@ class StepProgram:
             float(run.ops.sum_squared_difference(d, run.directions[0]))
             for run, d in zip(probing, probes, strict=True)
         )
+        if not math.isfinite(difference_sq):
+            self.losses.append(math.nan)  # the probe's gradient is not finite: so is the step
         return ProbeResult(request.eps, direction_sq, difference_sq)
 
     def report(

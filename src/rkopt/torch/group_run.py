@@ -40,6 +40,7 @@ class GroupRun:
         self.field, self.rule, self.needs, self.key = field, rule, needs, key
         self.decoupled_decay = group["weight_decay"] if group["decoupled_weight_decay"] else 0.0
         self.keeps_state = bool(field.statistics) or bool(rule.state_keys)
+        self.largest_value = min(torch.finfo(p.dtype).max for p in params)
         self.states: list[dict[str, Any]] = []
         self._workspace = workspace
         self._buffers: dict[str, list[Tensor]] = {}
@@ -241,6 +242,8 @@ class GroupRun:
 
     def scaled_error(self, atol: float, rtol: float) -> float:
         """‖e / (atol + rtol·max(|θ_n|, |θ_{n+1}|))‖_rms over the group's parameters."""
+        if self.error.value is None:
+            return 0.0  # h = 0: no error
         count = sum(p.numel() for p in self.params)
         total = self.ops.sum_scaled_error_squares(self.error.value, self.theta0, self.params, atol, rtol)
         return math.sqrt(float(total) / max(count, 1))

@@ -1,0 +1,101 @@
+"""Faults anywhere in a step are caught, cheaply, with θ_n restored: no silently accepted step."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+from torch import nn
+
+import rkopt
+from support import flat, make_data, make_mlp
+
+
+def closure_with(model, optimizer, x, y, corrupt):
+    """A closure whose ``calls``-th evaluation is corrupted by ``corrupt(model, calls)``."""
+    calls = 0
+
+    def closure():
+        nonlocal calls
+        calls += 1
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        corrupt(model, calls)
+        return loss
+
+    return closure
+
+
+def nan_gradient_at(call):
+    def corrupt(model, calls):
+        if calls == call:
+            next(model.parameters()).grad[0, 0] = math.nan
+
+    return corrupt
+
+
+def test_a_nan_gradient_in_the_dal_probe_fails_the_step_instead_of_taking_h_0():
+    x, y = make_data()
+    model = make_mlp()
+    optimizer = rkopt.preset("rk4-dal", model.parameters(), lr=0.1, dal_estimator="finite_difference")
+    before = flat(model).clone()
+    with pytest.raises(rkopt.NonFiniteStepError):
+        optimizer.step(closure_with(model, optimizer, x, y, nan_gradient_at(2)))  # call 2: the probe
+    assert torch.equal(flat(model), before)
+    assert "dal_rho" not in optimizer.param_groups[0]  # nothing was committed
+    assert optimizer.counters.grad_evals == 2  # no attempt was made after the failed probe
+
+
+def test_a_nan_first_stage_gradient_under_error_control_does_not_burn_retries():
+    x, y = make_data()
+    model = make_mlp()
+    optimizer = rkopt.preset("dopri5-adaptive", model.parameters(), lr=0.1, max_retries=10)
+    before = flat(model).clone()
+    with pytest.raises(rkopt.NonFiniteStepError):
+        optimizer.step(closure_with(model, optimizer, x, y, nan_gradient_at(1)))
+    assert torch.equal(flat(model), before)
+    assert optimizer.counters.grad_evals == 7  # one attempt, not 1 + 6 x 11
+    assert optimizer.counters.rejected_steps == 0
+
+
+def test_a_nan_loss_at_theta_n_fails_before_any_other_evaluation():
+    x, y = make_data()
+    model = make_mlp()
+    optimizer = rkopt.preset("rk4-full", model.parameters(), lr=0.1, on_nonfinite="skip")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y) * math.nan
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    assert optimizer.counters == rkopt.Counters(grad_evals=1, skipped_steps=1)
+
+
+@pytest.mark.parametrize("on_nonfinite", ["raise", "skip"])
+def test_an_overflowing_lr_follows_on_nonfinite(on_nonfinite):
+    x, y = make_data()
+    model = make_mlp()
+    optimizer = rkopt.RK4(model.parameters(), lr=1e300, on_nonfinite=on_nonfinite)
+    before = flat(model).clone()
+    closure = closure_with(model, optimizer, x, y, lambda model, calls: None)
+    if on_nonfinite == "raise":
+        with pytest.raises(rkopt.NonFiniteStepError):
+            optimizer.step(closure)
+    else:
+        optimizer.step(closure)
+        assert optimizer.counters.skipped_steps == 1
+    assert torch.equal(flat(model), before)
+
+
+def test_claimed_orders_beyond_the_verified_range_fail_fast():
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="order=20 is above 10"):
+        rkopt.ButcherTableau(name="huge", c=(0.0,), a=((),), b=(1.0,), order=20)
+    with pytest.raises(ValueError, match="not built"):
+        rkopt.get_tableau("rk4").order_residuals(order=20)
+    assert time.perf_counter() - start < 1.0
