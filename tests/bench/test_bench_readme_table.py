@@ -66,3 +66,12 @@ def test_learning_rates_are_written_as_in_the_readme():
     assert [format_lr(x) for x in (1e-3, 3e-3, 3.16e-4, 0.3, 1.0, 0.0316, 1e9, 0.01)] == [
         "1e-3", "3e-3", "3.16e-4", "0.3", "1", "0.0316", "1e9", "0.01",
     ]  # fmt: skip
+
+
+def test_the_readme_result_table_is_in_the_report_format():
+    from pathlib import Path
+
+    from rkopt.bench.report import check_readme_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert check_readme_table(readme) == []
