@@ -228,13 +228,17 @@ class GradientFeeder:
     """A closure that sets ``p.grad = g`` (fixed tensors), returns a constant loss and times itself.
 
     ``seconds`` accumulates the wall time spent inside the calls, so that the optimizer's own time
-    is the step time minus ``seconds``.
+    is the step time minus ``seconds``. Successive calls alternate between ``g`` and a view of it (the
+    same values, no copy), so each call hands the optimizer a new gradient tensor, as a backward
+    with ``zero_grad(set_to_none=True)`` does (rkopt refuses a gradient that no evaluation renewed).
     """
 
     def __init__(self, parameters: ParameterSet) -> None:
-        self.pairs = list(zip(parameters.params, parameters.grads, strict=True))
+        grads = [(g, g.view_as(g)) for g in parameters.grads]
+        self.pairs = list(zip(parameters.params, grads, strict=True))
         self.loss = torch.ones((), device=parameters.params[0].device)
         self.seconds = 0.0
+        self.calls = 0
 
     def __call__(self) -> Tensor:
         start = time.perf_counter()
@@ -243,8 +247,10 @@ class GradientFeeder:
         return self.loss
 
     def _closure_body(self) -> None:
+        parity = self.calls % 2
+        self.calls += 1
         for p, g in self.pairs:
-            p.grad = g
+            p.grad = g[parity]
 
 
 CLOSURE_FRAME = "_closure_body"

@@ -130,6 +130,8 @@ class OptionTable(Mapping[str, Option]):
             if option.name in self._options:
                 raise ValueError(f"option {option.name!r} is declared twice")
             self._options[option.name] = option
+        self.plan_keys: tuple[str, ...] = tuple(name for name, o in self._options.items() if o.shapes_plan)
+        """The keys whose values shape a group's plan."""
 
     def __getitem__(self, name: str) -> Option:
         return self._options[name]
@@ -142,11 +144,6 @@ class OptionTable(Mapping[str, Option]):
 
     def defaults(self) -> dict[str, Any]:
         return {name: option.default for name, option in self._options.items()}
-
-    @property
-    def plan_keys(self) -> tuple[str, ...]:
-        """The keys whose values shape a group's plan."""
-        return tuple(name for name, option in self._options.items() if option.shapes_plan)
 
     def validate(self, group: Mapping[str, Any]) -> None:
         """Check every known key of ``group``, and refuse a key that looks like a misspelt option."""

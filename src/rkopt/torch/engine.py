@@ -47,6 +47,32 @@ def loss_value(loss: Any) -> float | None:
     return None if loss is None else float(loss)
 
 
+class Losses:
+    """The losses of a step's evaluations, each checked for finiteness once, as it arrives."""
+
+    __slots__ = ("bad", "values")
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+        self.bad: list[int] = []  # indices of the non-finite ones
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def append(self, loss: Any) -> None:
+        if not is_finite(loss):
+            self.bad.append(len(self.values))
+        self.values.append(loss)
+
+    def truncate(self, length: int) -> None:
+        """Forget the losses from ``length`` on (a retried attempt's)."""
+        del self.values[length:]
+        self.bad = [i for i in self.bad if i < length]
+
+    def finite(self, start: int = 0) -> bool:
+        return all(i < start for i in self.bad)
+
+
 class StepProgram:
     """One step of ``runs`` (the groups with gradients) under ``plan``.
 
@@ -61,7 +87,7 @@ class StepProgram:
         on_nonfinite: str,
     ) -> None:
         self.runs, self.plan, self.policies, self.on_nonfinite = runs, plan, policies, on_nonfinite
-        self.losses: list[Any] = []  # of the evaluations that count: θ_n, probes, the current attempt
+        self.losses = Losses()  # of the evaluations that count: θ_n, probes, the current attempt
         self.rejections = 0
 
     def restore(self) -> None:
@@ -74,7 +100,7 @@ class StepProgram:
     def run(self, first_loss: Any) -> Program:
         """The step after the evaluation at θ_n; returns ``"accepted"`` or ``"skipped"``."""
         runs = self.runs
-        self.losses = [first_loss]
+        self.losses.append(first_loss)
         if not is_finite(first_loss):
             return self.nonfinite()  # no step can help when θ_n itself is bad
         if not runs:
@@ -92,13 +118,13 @@ class StepProgram:
             result = (yield from self.probe(members, request)) if request is not None else None
             for run, h in zip(members, policy.initial_steps(groups, result), strict=True):
                 run.h = h
-        if not all(is_finite(loss) for loss in self.losses) or not self.steps_representable():
+        if not self.losses.finite() or not self.steps_representable():
             return self.nonfinite()  # a probe failed, or an h too large for the parameters' dtype
         settled = len(self.losses)
         for index in range(MAX_ATTEMPTS):
-            del self.losses[settled:]
+            self.losses.truncate(settled)
             candidate_loss = yield from self.attempt()
-            if not all(is_finite(loss) for loss in self.losses) and not self.first_directions_finite():
+            if not self.losses.finite() and not self.first_directions_finite():
                 break  # no smaller step helps when d_1 itself is not finite: the step fails
             attempts = [
                 self.report(policy, members, index, candidate_loss) for policy, members in self.policies
@@ -130,7 +156,7 @@ class StepProgram:
             raise RuntimeError(
                 f"lr_policy {names} made {MAX_ATTEMPTS} attempts; a policy must bound its retries"
             )
-        finite = all(is_finite(loss) for loss in self.losses) and all(run.candidate_finite() for run in runs)
+        finite = self.losses.finite() and all(run.candidate_finite() for run in runs)
         if not finite:
             return self.nonfinite()
         for run in runs:
@@ -221,7 +247,7 @@ class StepProgram:
         self, policy: StepSizePolicy, members: Sequence[GroupRun], index: int, candidate_loss: float | None
     ) -> Attempt:
         """The values of the attempt just made, for ``policy``'s groups."""
-        finite = all(is_finite(loss) for loss in self.losses[1:])
+        finite = self.losses.finite(start=1)
         errors = []
         for run in members:
             if not run.needs.error_estimate:
@@ -236,7 +262,7 @@ class StepProgram:
             norms=tuple(run.norms for run in members),
             scaled_error=tuple(errors),
             finite=finite,
-            loss=loss_value(self.losses[0]),
+            loss=loss_value(self.losses.values[0]),
             candidate_loss=candidate_loss,
             tableau=self.plan.tableau,
         )
@@ -247,6 +273,6 @@ class StepProgram:
             return "skipped"
         raise NonFiniteStepError(
             "a non-finite loss or update occurred during the Runge–Kutta step (losses of its "
-            f"evaluations: {[loss_value(loss) for loss in self.losses]}); the parameters were "
+            f"evaluations: {[loss_value(loss) for loss in self.losses.values]}); the parameters were "
             "restored to θ_n. Lower lr, use an adaptive lr_policy, or pass on_nonfinite='skip'"
         )

@@ -35,12 +35,9 @@ class VectorField:
         self.sign = -1.0 if group["maximize"] else 1.0
         self.coupled_decay = 0.0 if group["decoupled_weight_decay"] else group["weight_decay"]
         self.identity = preconditioner is None and self.coupled_decay == 0.0 and self.sign > 0 and not igr
+        self.statistics: tuple[str, ...] = preconditioner.statistics if preconditioner is not None else ()
         self.scale: Tensors | None = None  # P_n, once proposed
         self.proposed: list[Tensors] = []
-
-    @property
-    def statistics(self) -> tuple[str, ...]:
-        return self.preconditioner.statistics if self.preconditioner is not None else ()
 
     def reset(self) -> None:
         self.scale, self.proposed = None, []

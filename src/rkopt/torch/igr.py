@@ -30,11 +30,11 @@ def igr_fields(
     targets: Sequence[GroupRun],
     raw: list[list[Tensor]],
     stage: int | None,
-    losses: list[Any],
+    losses: Any,
 ) -> Evaluation:
     """q = σ g + ∇R for every run, written into the direction buffer of each target run (other
     runs' buffers are untouched); returns the per-run outputs (None for non-targets). The loss of
-    the extra evaluation is appended to ``losses``."""
+    the extra evaluation is appended to ``losses`` (a :class:`rkopt.torch.engine.Losses`)."""
     saved, weights = [], []
     for run, gradient in zip(runs, raw, strict=True):
         buffer = run.buffer("igr_grad")

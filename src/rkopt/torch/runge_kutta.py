@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterable
-from numbers import Real
 from dataclasses import asdict
+from numbers import Real
 from typing import Any
 
 import torch
@@ -25,6 +25,7 @@ from torch.optim import Optimizer
 
 from rkopt.core.options import choice, flag
 from rkopt.core.plan import Method, butcher_tableau, get_method
+from rkopt.torch.checkpoint import check_state_dict, method_name
 from rkopt.torch.config import group_options, options_doc, validate_group, validate_groups
 from rkopt.torch.engine import StepProgram
 from rkopt.torch.errors import Counters, StepInProgressError
@@ -153,14 +154,15 @@ class RungeKutta(Optimizer):
         self._require_between_steps("state_dict()")
         state = super().state_dict()
         state["counters"] = asdict(self.counters)
+        state["rkopt"] = {"method": method_name(self.tableau)}
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._require_between_steps("load_state_dict()")
-        state_dict = dict(state_dict)
-        counters = state_dict.pop("counters", None)
+        counters = check_state_dict(self.tableau, self.param_groups, state_dict)
+        state_dict = {k: v for k, v in state_dict.items() if k not in ("counters", "rkopt")}
         super().load_state_dict(state_dict)
-        self.counters = Counters(**counters) if counters is not None else Counters()
+        self.counters = counters
         self.free_workspace()
 
     # -- stage-wise mode -------------------------------------------------------------------
