@@ -204,3 +204,36 @@ def test_repeat_batches_unwraps_a_wrapper_and_refuses_other_optimizers():
 def test_stagewise_must_be_a_bool():
     with pytest.raises(TypeError, match="stagewise must be True or False"):
         rkopt.RK4(make_mlp().parameters(), lr=0.1, stagewise=1)
+
+
+def test_leaving_repeat_batches_mid_step_abandons_the_step_and_restores_theta_n():
+    x, y = make_data()
+    model = make_mlp()
+    optimizer = rkopt.RK4(model.parameters(), lr=0.1, stagewise=True)
+    theta0 = flat(model).clone()
+    batches = rkopt.repeat_batches([(x, y)], optimizer)
+    for calls, (xb, yb) in enumerate(batches, start=1):
+        backward(model, optimizer, xb, yb)
+        optimizer.step()
+        if calls == 2:
+            break
+    assert not optimizer.step_complete
+    with pytest.warns(RuntimeWarning, match="abandoned and θ_n restored"):
+        batches.close()
+    assert optimizer.step_complete and torch.equal(flat(model), theta0)
+
+
+def test_an_error_in_a_stagewise_closure_restores_theta_n():
+    x, y = make_data()
+    model = make_mlp()
+    optimizer = rkopt.RK4(model.parameters(), lr=0.1, stagewise=True)
+    theta0 = flat(model).clone()
+    optimizer.step(make_closure(model, optimizer, x, y))
+
+    def failing():
+        raise KeyError("data")
+
+    with pytest.raises(KeyError):
+        optimizer.step(failing)
+    assert optimizer.step_complete and torch.equal(flat(model), theta0)
+    assert optimizer.counters == rkopt.Counters(grad_evals=1)

@@ -222,8 +222,12 @@ class RungeKutta(Optimizer):
     def _step(self, closure: Closure | None, loss: Any) -> Any:
         if self.stagewise:
             if closure is not None:
-                with torch.enable_grad():
-                    loss = closure()
+                try:
+                    with torch.enable_grad():
+                        loss = closure()
+                except BaseException:
+                    self.abort_step()  # the parameters must not stay at a stage point
+                    raise
             self._stage(loss)
             return loss
         if closure is None or not callable(closure):

@@ -138,13 +138,26 @@ def repeat_batches(iterable: Iterable[Item], optimizer: Any) -> Iterator[Item]:
 
     Error-control retries, DAL probes and IGR evaluations thus get the step's batch too. Before
     handing out a new item it captures the random number generators (after any draws of the data
-    loading), so every evaluation of the step sees the same dropout masks. With a closure-mode
-    optimizer every step completes at once and this is the plain iteration.
+    loading), so every evaluation of the step sees the same dropout masks. If the loop stops in the
+    middle of a step (``break``, or an exception in its body), the step is abandoned with θ_n
+    restored, with a warning. With a closure-mode optimizer every step completes at once and this is
+    the plain iteration.
     """
     inner = _runge_kutta(optimizer)
     for item in iterable:
         if inner.stagewise:
             inner.capture_rng_state()
-        yield item
-        while not inner.step_complete:
+        try:
             yield item
+            while not inner.step_complete:
+                yield item
+        except GeneratorExit:  # the loop stopped mid-step (break, or an error in its body)
+            if not inner.step_complete:
+                inner.abort_step()
+                warnings.warn(
+                    "the loop left rkopt.repeat_batches in the middle of a Runge–Kutta step: the step "
+                    "was abandoned and θ_n restored",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            raise
