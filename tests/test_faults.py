@@ -99,3 +99,27 @@ def test_claimed_orders_beyond_the_verified_range_fail_fast():
     with pytest.raises(ValueError, match="not built"):
         rkopt.get_tableau("rk4").order_residuals(order=20)
     assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize(
+    ("dtype", "options", "warns"),
+    [
+        (torch.bfloat16, {"lr_policy": "dal", "dal_estimator": "finite_difference"}, True),
+        (torch.float16, {"igr": 0.5}, True),
+        (torch.bfloat16, {"igr": 0.5, "igr_eps": 10.0}, False),
+        (torch.float32, {"lr_policy": "dal", "dal_estimator": "finite_difference", "igr": 0.5}, False),
+        (torch.bfloat16, {}, False),
+    ],
+)
+def test_finite_differences_below_the_dtype_resolution_warn(dtype, options, warns):
+    import warnings
+
+    x, y = make_data(dtype=dtype)
+    model = make_mlp(dtype=dtype)
+    optimizer = rkopt.RK4(model.parameters(), lr=0.01, **options)
+    closure = closure_with(model, optimizer, x, y, lambda model, calls: None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        optimizer.step(closure)
+    below = [w for w in caught if "resolution" in str(w.message)]
+    assert bool(below) == warns, [str(w.message) for w in caught]

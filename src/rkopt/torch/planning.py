@@ -10,9 +10,12 @@ gradients, the shared plan and the plan-shaping options) changes.
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from rkopt.core.plan import GroupPlan, Method, StepPlan, butcher_tableau, get_method
@@ -54,6 +57,34 @@ def describe(tableau: str | Method = "rk4", **options: Any) -> GroupPlan:
     group = {**group_options().defaults(), "lr": 1.0, **options}
     need = get_policy(group["lr_policy"])().needs(group, butcher_tableau(method))
     return group_parts(group, step_plan(method, [group], [need]), need, need.probes)[0]
+
+
+def warn_if_below_resolution(group: Mapping[str, Any], params: list[Tensor]) -> None:
+    """Warn when a finite difference of the group (the DAL probe, the IGR term) moves each parameter
+    by less than its dtype resolves: it would then measure exactly nothing (bfloat16, float16)."""
+    steps = []
+    if group["lr_policy"] == "dal" and group["dal_estimator"] == "finite_difference":
+        steps.append(("dal_fd_eps", group["dal_fd_eps"]))
+    if group["igr"] > 0:
+        steps.append(("igr_eps", group["igr_eps"]))
+    low = [p for p in params if p.element_size() < 4 and p.is_floating_point()]
+    if not steps or not low:
+        return
+    count = sum(p.numel() for p in params)
+    rms = math.sqrt(
+        sum(float(p.detach().float().square().sum()) for p in low) / max(sum(p.numel() for p in low), 1)
+    )
+    resolution = max(torch.finfo(p.dtype).eps for p in low) * max(rms, 1e-30)
+    for key, eps in steps:
+        if eps / math.sqrt(count) < 4.0 * resolution:
+            warnings.warn(
+                f"{key}={eps:g} displaces each of the group's {count} parameters by about "
+                f"{eps / math.sqrt(count):.2g}, below the {low[0].dtype} resolution ({resolution:.2g} at "
+                "their size): the finite difference would measure nothing. Keep float32 parameters "
+                f"(e.g. bfloat16 autocast of a float32 model) or raise {key}",
+                RuntimeWarning,
+                stacklevel=5,
+            )
 
 
 def _use_foreach(group: Mapping[str, Any], params: list[Tensor]) -> bool:
@@ -102,6 +133,7 @@ class Planner:
             run_key = (id(group), *map(id, params), id(plan), probes, need, *(group[k] for k in plan_keys))
             run = self.runs.get(index)
             if run is None or run.key != run_key:  # a run holds its params, so their ids are unique
+                warn_if_below_resolution(group, params)
                 group_plan, field, rule = group_parts(group, plan, need, probes)
                 ops = list_ops(_use_foreach(group, params))
                 run = GroupRun(group, params, group_plan, ops, field, rule, need, self.workspace, run_key)
