@@ -110,3 +110,30 @@ def test_lightning_automatic_optimization_passes_a_closure_called_once_per_stage
     assert optimizer.counters.grad_evals == module.calls == 32
     assert optimizer.param_groups[0]["h"] == pytest.approx(0.025)  # the scheduler's epoch-2 lr
     assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+
+
+def _zero_worker(rank: int, world_size: int, init_file: str, out_file: str) -> None:
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        model = nn.Linear(4, 2)
+        try:
+            ZeroRedundancyOptimizer(model.parameters(), optimizer_class=rkopt.RK4, lr=0.1)
+            message = "constructed"
+        except TypeError as error:
+            message = str(error)
+        if rank == 0:
+            torch.save({"message": message}, out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built in")
+def test_zero_redundancy_optimizer_is_refused_with_a_pointer_to_fsdp():
+    with tempfile.TemporaryDirectory() as tmp:
+        out_file = os.path.join(tmp, "result.pt")
+        mp.spawn(_zero_worker, args=(2, os.path.join(tmp, "init"), out_file), nprocs=2, join=True)
+        message = torch.load(out_file, weights_only=True)["message"]
+    assert "cannot run inside torch.distributed.optim.ZeroRedundancyOptimizer" in message
+    assert "FSDP2" in message

@@ -14,6 +14,7 @@ gradients present as one stage's (:mod:`rkopt.torch.stagewise`). Both run the sa
 from __future__ import annotations
 
 import difflib
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from numbers import Real
@@ -81,6 +82,7 @@ class RungeKutta(Optimizer):
         keep_workspace: bool = True,
         **options: Any,
     ) -> None:
+        _refuse_zero_redundancy()
         self.tableau = get_method(tableau)
         choice("raise", "skip")("on_nonfinite", on_nonfinite)
         flag()("keep_workspace", keep_workspace)
@@ -178,6 +180,13 @@ class RungeKutta(Optimizer):
         in every stage (:func:`rkopt.repeat_batches` calls this for each new batch)."""
         self._require_between_steps("capture_rng_state()")
         self._batch_rng = RNGSnapshot.capture()
+
+    def restore_rng_state(self) -> None:
+        """Restore the generators captured for the step in progress, so that an evaluation repeated
+        without a ``step()`` call in between (a GradScaler skip) draws the stage's numbers again."""
+        step = self._stagewise_step
+        if step is not None and step.batch_rng is not None:
+            step.batch_rng.restore()
 
     @torch.no_grad()
     def abort_step(self) -> None:
@@ -344,6 +353,24 @@ class RungeKutta(Optimizer):
     def _program(self) -> StepProgram:
         """The step over every group with gradients (plans and runs kept while their keys hold)."""
         return self._planner.program(self.param_groups, self.tableau, self.state, self.on_nonfinite)
+
+
+def _refuse_zero_redundancy() -> None:
+    """ZeroRedundancyOptimizer gives each rank an optimizer over its shard only, so each rank would
+    move only its shard to the stage points and every stage would see a mixed point: refuse it."""
+    frame = sys._getframe(2)
+    for _ in range(6):
+        if frame is None:
+            return
+        owner = frame.f_locals.get("self")
+        if type(owner).__name__ == "ZeroRedundancyOptimizer":
+            raise TypeError(
+                "rkopt optimizers cannot run inside torch.distributed.optim.ZeroRedundancyOptimizer: "
+                "each rank would move only its own parameter shard to the Runge–Kutta stage points, so "
+                "every stage would evaluate the gradient at a point no method defines. Shard with FSDP2 "
+                "(torch.distributed.fsdp.fully_shard), which rkopt supports, or use DDP"
+            )
+        frame = frame.f_back
 
 
 RungeKutta.__doc__ += "\n" + options_doc(group_options())

@@ -150,6 +150,7 @@ def repeat_batches(iterable: Iterable[Item], optimizer: Any) -> Iterator[Item]:
         try:
             yield item
             while not inner.step_complete:
+                inner.restore_rng_state()  # also after a call that did not reach step()
                 yield item
         except GeneratorExit:  # the loop stopped mid-step (break, or an error in its body)
             if not inner.step_complete:
