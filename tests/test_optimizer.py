@@ -525,7 +525,7 @@ def test_aliases_fix_their_tableau():
 
 
 def test_integer_parameters_are_refused():
-    with pytest.raises(ValueError, match="floating-point"):
+    with pytest.raises(ValueError, match="floating-point or complex"):
         rkopt.RK4([torch.zeros(3, dtype=torch.int64)], lr=0.1)
 
 
@@ -798,3 +798,34 @@ def test_a_step_holds_no_gradient_of_an_earlier_closure_call(kind, name):
     for _ in range(2):
         optimizer.step(recording_closure)
     assert len(calls) >= 2 and max(stale) == 0, stale
+
+
+@pytest.mark.parametrize("preset", ["rk4", "rk4-full", "dopri5-adaptive"])
+@pytest.mark.parametrize("stagewise", [False, True])
+def test_complex_parameters_are_stepped_as_pairs_of_reals(preset, stagewise):
+    """As in torch.optim: a complex parameter follows the same trajectory as its real view."""
+    target = torch.tensor([1.0 + 2.0j, -0.5 + 0.25j, 3.0 - 1.0j], dtype=torch.complex128)
+    z = nn.Parameter(torch.zeros(3, dtype=torch.complex128))
+    pair = nn.Parameter(torch.zeros(3, 2, dtype=torch.float64))
+    complex_opt = rkopt.preset(preset, [z], lr=0.1, stagewise=stagewise)
+    real_opt = rkopt.preset(preset, [pair], lr=0.1, stagewise=stagewise)
+    real_target = torch.view_as_real(target)
+    for _ in range(3):
+        for optimizer, loss_fn in (
+            (complex_opt, lambda: (z - target).abs().pow(2).sum()),
+            (real_opt, lambda: (pair - real_target).pow(2).sum()),
+        ):
+
+            def closure(optimizer=optimizer, loss_fn=loss_fn):
+                optimizer.zero_grad()
+                loss = loss_fn()
+                loss.backward()
+                return loss
+
+            if stagewise:
+                for _ in rkopt.repeat_batches([0], optimizer):
+                    optimizer.step(closure)
+            else:
+                optimizer.step(closure)
+    torch.testing.assert_close(torch.view_as_real(z.detach()), pair.detach(), rtol=1e-12, atol=1e-14)
+    assert complex_opt.counters == real_opt.counters

@@ -85,6 +85,8 @@ def _sort_key(tree: Tree) -> tuple:
 
 def trees_up_to(order: int) -> tuple[Tree, ...]:
     """All rooted trees with at most ``order`` nodes."""
+    if order > MAX_TREE_ORDER:
+        trees_of_order(order)  # raises before any smaller order is built
     return tuple(tree for p in range(1, order + 1) for tree in trees_of_order(p))
 
 

@@ -1,14 +1,14 @@
 """The PyTorch binding: the Runge–Kutta optimizer and its pieces."""
 
-from rkopt.torch.aliases import RK4, DormandPrince, Euler, Heun, Midpoint
-from rkopt.torch.config import group_options
-from rkopt.torch.errors import (
+from rkopt.core.errors import (
     Counters,
     NonFiniteStepError,
     StaleGradientError,
     StepInProgressError,
     StepRejectedError,
 )
+from rkopt.torch.aliases import RK4, DormandPrince, Euler, Heun, Midpoint
+from rkopt.torch.config import group_options
 from rkopt.torch.preconditioners import (
     AdaGrad,
     DiagonalPreconditioner,

@@ -16,9 +16,9 @@ from typing import Any
 from torch import Tensor
 
 from rkopt.core.chebyshev import ChebyshevMethod
+from rkopt.core.errors import Counters
 from rkopt.core.plan import Method, butcher_tableau
 from rkopt.torch.config import group_options, validate_group
-from rkopt.torch.errors import Counters
 from rkopt.torch.preconditioners import get_preconditioner
 from rkopt.torch.update_rules import update_rule
 
@@ -107,6 +107,13 @@ def _check_entry(entry: Any, param: Tensor, allowed: set[str], key: Any) -> None
         if name == "precond_steps":
             if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
                 _refuse(f"state[{key}]['precond_steps'] must be an int >= 0, got {value!r}")
-        elif not isinstance(value, Tensor) or value.shape != param.shape:
+        elif not isinstance(value, Tensor) or value.shape != _state_shape(param):
             shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-            _refuse(f"state[{key}][{name!r}] must be a tensor of shape {tuple(param.shape)}, got {shape}")
+            _refuse(
+                f"state[{key}][{name!r}] must be a tensor of shape {tuple(_state_shape(param))}, got {shape}"
+            )
+
+
+def _state_shape(param: Tensor):
+    """The shape of a parameter's state tensors (a complex parameter keeps them as real pairs)."""
+    return (*param.shape, 2) if param.is_complex() else param.shape

@@ -84,8 +84,10 @@ def validate_group(group: dict[str, Any], tableau: ButcherTableau, table: Option
     if preconditioner is not None:
         preconditioner.validate(group)
     for p in group["params"]:
-        if not p.is_floating_point():
-            raise ValueError(f"rkopt.RungeKutta optimizes floating-point parameters, got {p.dtype}")
+        if not (p.is_floating_point() or p.is_complex()):
+            raise ValueError(
+                f"rkopt.RungeKutta optimizes floating-point or complex parameters, got {p.dtype}"
+            )
 
 
 def validate_groups(groups: Sequence[Mapping[str, Any]]) -> None:

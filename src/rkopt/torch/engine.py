@@ -16,16 +16,13 @@ from typing import Any
 
 from torch import Tensor
 
+from rkopt.core.errors import NonFiniteStepError, StepRejectedError
 from rkopt.core.plan import StepPlan
-from rkopt.core.policies import Attempt, ProbeRequest, ProbeResult, StepSizePolicy
-from rkopt.torch.errors import NonFiniteStepError, StepRejectedError
+from rkopt.core.policies import MAX_ATTEMPTS, Attempt, ProbeRequest, ProbeResult, StepSizePolicy
 from rkopt.torch.group_run import GroupRun
 from rkopt.torch.igr import igr_fields
 
 Program = Generator[str, Any, str]
-
-MAX_ATTEMPTS = 1000
-"""A policy that has not accepted or failed after this many attempts is a bug: the step raises."""
 
 
 def is_finite(loss: Any) -> bool:

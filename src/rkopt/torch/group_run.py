@@ -36,11 +36,15 @@ class GroupRun:
         workspace: dict[Tensor, dict[str, Tensor]],
         key: tuple,
     ) -> None:
-        self.group, self.params, self.plan, self.ops = group, params, plan, ops
+        # complex parameters are stepped as pairs of reals (as torch.optim does): the math runs on
+        # real views; state, workspace and gradients belong to the parameters themselves
+        self.owners = params
+        self.params = [torch.view_as_real(p) if p.is_complex() else p for p in params]
+        self.group, self.plan, self.ops = group, plan, ops
         self.field, self.rule, self.needs, self.key = field, rule, needs, key
         self.decoupled_decay = group["weight_decay"] if group["decoupled_weight_decay"] else 0.0
         self.keeps_state = bool(field.statistics) or bool(rule.state_keys)
-        self.largest_value = min(torch.finfo(p.dtype).max for p in params)
+        self.largest_value = min(torch.finfo(p.dtype).max for p in self.params)
         self.states: list[dict[str, Any]] = []
         self._workspace = workspace
         self._buffers: dict[str, list[Tensor]] = {}
@@ -62,8 +66,8 @@ class GroupRun:
         """A parameter-sized work buffer per parameter (kept in the workspace between steps)."""
         if role not in self._buffers:
             out = []
-            for p in self.params:
-                slot = self._workspace.setdefault(p, {})
+            for owner, p in zip(self.owners, self.params, strict=True):
+                slot = self._workspace.setdefault(owner, {})
                 if role not in slot:
                     slot[role] = torch.empty_like(p, memory_format=torch.preserve_format)
                 out.append(slot[role])
@@ -77,7 +81,7 @@ class GroupRun:
         self.lr = self.group["lr"]
         if not self.keeps_state:
             return  # plain Runge–Kutta keeps no state
-        self.states = [state[p] for p in self.params]
+        self.states = [state[p] for p in self.owners]
         for p, entry in zip(self.params, self.states, strict=True):
             for key in self.field.statistics:
                 if key not in entry:
@@ -90,12 +94,14 @@ class GroupRun:
 
     def gradients(self) -> list[Tensor]:
         grads = []
-        for p in self.params:
-            grad = p.grad
+        for owner, p in zip(self.owners, self.params, strict=True):
+            grad = owner.grad
             if grad is None:  # present at stage 1 but not here: a zero gradient
                 grad = torch.zeros_like(p)
             elif grad.is_sparse:
                 raise RuntimeError("rkopt.RungeKutta does not support sparse gradients")
+            elif grad.is_complex():
+                grad = torch.view_as_real(grad)
             grads.append(grad)
         return grads
 

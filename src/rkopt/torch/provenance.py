@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor
 
-from rkopt.torch.errors import StaleGradientError
+from rkopt.core.errors import StaleGradientError
 
 
 class GradientWitness:

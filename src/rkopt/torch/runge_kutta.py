@@ -24,12 +24,12 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from rkopt.core.errors import Counters, StepInProgressError
 from rkopt.core.options import choice, flag
 from rkopt.core.plan import Method, butcher_tableau, get_method
 from rkopt.torch.checkpoint import check_state_dict, method_name
 from rkopt.torch.config import group_options, options_doc, validate_group, validate_groups
 from rkopt.torch.engine import StepProgram
-from rkopt.torch.errors import Counters, StepInProgressError
 from rkopt.torch.planning import Planner
 from rkopt.torch.provenance import GradientWitness
 from rkopt.torch.rng import RNGSnapshot
@@ -273,7 +273,8 @@ class RungeKutta(Optimizer):
         self._batch_rng = None
 
     def _gradients(self) -> list[Tensor]:
-        return [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        return [torch.view_as_real(g) if g.is_complex() else g for g in grads]
 
     def _closure_step(self, closure: Closure) -> Any:
         snapshot = RNGSnapshot.capture()
