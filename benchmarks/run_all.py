@@ -7,6 +7,7 @@ Run: ``python benchmarks/run_all.py``. With ``--quick`` the report goes to stdou
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -24,6 +25,10 @@ from _common import (
 )
 
 BENCHMARKS = (step_overhead, peak_memory, end_to_end)
+if importlib.util.find_spec("jax") and importlib.util.find_spec("optax"):
+    import optax_overhead  # the optax binding's overhead beside torch's
+
+    BENCHMARKS += (optax_overhead,)
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 

@@ -13,16 +13,25 @@ A policy is framework-neutral: it sees values, never a binding's tensors. The en
 A policy handles all groups that use it at once (one evaluation serves every group), as lists in
 group order. Shipped: ``"fixed"`` (h = lr), ``"dal"`` (METHOD §2.2) and ``"error_control"``
 (METHOD §2.4). Add one with :func:`register_policy`.
+
+Values and decisions are the binding's. A policy computes with its numeric namespace
+:attr:`StepSizePolicy.xp` (:mod:`rkopt.core.control`): :data:`~rkopt.core.control.MATH` for the
+torch binding, whose values are Python floats and whose engine branches in Python on each
+:class:`Verdict`; an array namespace for the JAX binding, which sets ``policy.xp`` and traces the
+same methods under ``jax.jit``, so h, the norms, the errors, the attempt index, a verdict's flags
+and a probe's ``when`` may be traced arrays there and an observable not yet measured is NaN rather
+than None. A policy that branches in Python on values works with the torch binding only; written
+with ``xp.where``/``xp.logical_*`` (as the shipped ones are) it serves both. Options, needs and
+the groups a probe covers are static (Python values) in both.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from rkopt.core.control import PIController, dal_step_size
+from rkopt.core.control import MATH, PIController, dal_step_size
 from rkopt.core.options import Option, choice, integer, real
 from rkopt.core.tableau import ButcherTableau
 
@@ -57,10 +66,16 @@ class PolicyNeeds:
 @dataclass(frozen=True)
 class ProbeRequest:
     """Evaluate at θ_n - eps d̂ on the groups ``groups`` (indices into the policy's groups), with
-    d̂ = d_1 / ‖d_1‖ normalised over those groups together."""
+    d̂ = d_1 / ‖d_1‖ normalised over those groups together.
+
+    ``when``: whether the probe is made. With Python values a policy returns None instead of a
+    request it does not want (the torch engine probes on every request); under ``jax.jit`` it may
+    be a traced flag, the probe then being made only where it holds (and its result otherwise 0).
+    """
 
     groups: tuple[int, ...]
     eps: float
+    when: Any = True
 
 
 @dataclass(frozen=True)
@@ -101,23 +116,45 @@ class Attempt:
 @dataclass(frozen=True)
 class Verdict:
     """A policy's decision on an attempt: ``accept``; ``retry`` with new steps ``h``; ``fail``
-    (the step raises ``StepRejectedError(message)`` with θ_n restored)."""
+    (the step raises ``StepRejectedError(message)`` with θ_n restored; under ``jax.jit`` the JAX
+    binding keeps θ_n and raises from a host callback).
 
-    action: Literal["accept", "retry", "fail"]
-    h: tuple[float, ...] = ()
+    Attributes:
+        accepted: the attempt is taken (a bool, or a traced flag under ``jax.jit``).
+        h: the steps of the next attempt (read where neither accepted nor failed).
+        failed: the step fails (takes precedence over ``accepted``).
+        message: the error's message when it fails.
+    """
+
+    accepted: Any = True
+    h: tuple[Any, ...] = ()
+    failed: Any = False
     message: str = ""
+
+    @property
+    def action(self) -> Literal["accept", "retry", "fail"]:
+        """The decision, for Python flags (the torch engine branches on it)."""
+        if self.failed:
+            return "fail"
+        return "accept" if self.accepted else "retry"
 
     @classmethod
     def accept(cls) -> Verdict:
-        return cls("accept")
+        return cls(True)
 
     @classmethod
-    def retry(cls, h: Sequence[float]) -> Verdict:
-        return cls("retry", tuple(h))
+    def retry(cls, h: Sequence[Any]) -> Verdict:
+        return cls(False, tuple(h))
 
     @classmethod
     def fail(cls, message: str) -> Verdict:
-        return cls("fail", message=message)
+        return cls(False, failed=True, message=message)
+
+    @classmethod
+    def decide(cls, accepted: Any, h: Sequence[Any], failed: Any = False, message: str = "") -> Verdict:
+        """A decision whose flags may be traced: accept where ``accepted``, fail where ``failed``,
+        else retry with ``h``."""
+        return cls(accepted, tuple(h), failed, message)
 
 
 class StepSizePolicy:
@@ -126,10 +163,13 @@ class StepSizePolicy:
     Class attributes:
         name: the ``lr_policy`` value (set by :func:`register_policy`).
         options: the param-group keys it reads, with defaults and checks.
+        xp: the numeric namespace its arithmetic uses (:mod:`rkopt.core.control`; a binding may
+            set it on an instance).
     """
 
     name: ClassVar[str] = ""
     options: ClassVar[tuple[Option, ...]] = ()
+    xp: Any = MATH
 
     def validate(self, group: Mapping[str, Any], tableau: ButcherTableau) -> None:
         """Raise ``ValueError`` naming the key if ``group`` cannot use this policy with ``tableau``
@@ -186,37 +226,42 @@ class DriftAdjusted(StepSizePolicy):
         norms = ((1, 0), (0, None)) if group["dal_estimator"] == "free" else ()
         return PolicyNeeds(norms=norms, probes=True)
 
-    @staticmethod
-    def _probing(group: Mapping[str, Any]) -> bool:
-        return group["dal_estimator"] == "finite_difference" or group.get("dal_rho_next") is None
+    def _probing(self, group: Mapping[str, Any]) -> Any:
+        """Whether the group probes this step (a flag, traced where ``dal_rho_next`` is)."""
+        if group["dal_estimator"] == "finite_difference":
+            return True
+        return self.xp.logical_not(self.xp.known(group.get("dal_rho_next")))
 
     def probe(self, groups) -> ProbeRequest | None:
-        probing = tuple(i for i, group in enumerate(groups) if self._probing(group))
+        flags = [self._probing(group) for group in groups]
+        probing = tuple(i for i, flag in enumerate(flags) if flag is not False)
         if not probing:
             return None
-        return ProbeRequest(probing, min(groups[i]["dal_fd_eps"] for i in probing))
+        eps = min(groups[i]["dal_fd_eps"] for i in probing)
+        return ProbeRequest(probing, eps, when=self.xp.any([flags[i] for i in probing]))
 
     def initial_steps(self, groups, probe) -> list[float]:
-        probed = None
+        xp, probed = self.xp, None
         if probe is not None:
-            probed = 0.0
-            if probe.direction_sq != 0.0:
-                rho = math.sqrt(probe.difference_sq) / probe.eps
-                probed = rho if math.isfinite(rho) else math.inf  # NaN: a null step
-        self._rho = [probed if self._probing(group) else group["dal_rho_next"] for group in groups]
+            rho = xp.sqrt(probe.difference_sq) / probe.eps
+            rho = xp.where(xp.isfinite(rho), rho, xp.inf)  # NaN: a null step
+            probed = xp.where(probe.direction_sq != 0.0, rho, 0.0)
+        self._rho = [xp.where(self._probing(group), probed, group.get("dal_rho_next")) for group in groups]
         return [
-            dal_step_size(group["lr"], rho, group["dal_power"])
+            dal_step_size(group["lr"], rho, group["dal_power"], xp)
             for group, rho in zip(groups, self._rho, strict=True)
         ]
 
     def commit(self, groups, attempt) -> None:
+        xp = self.xp
         difference_sq = displacement_sq = 0.0
         for group, h, norms in zip(groups, attempt.h, attempt.norms, strict=True):
             if group["dal_estimator"] == "free":
                 step = h * attempt.tableau.a[1][0]
                 difference_sq += norms[(1, 0)]
                 displacement_sq += step * step * norms[(0, None)]
-        free = math.sqrt(difference_sq / displacement_sq) if displacement_sq > 0.0 else 0.0
+        positive = displacement_sq > 0.0
+        free = xp.where(positive, xp.sqrt(difference_sq / xp.where(positive, displacement_sq, 1.0)), 0.0)
         for group, rho in zip(groups, self._rho, strict=True):
             group["dal_rho"] = rho
             if group["dal_estimator"] == "free":
@@ -241,9 +286,6 @@ class ErrorControl(StepSizePolicy):
         Option("min_factor", 0.2, real(0.0, 1.0, low_open=True), doc="smallest h_{n+1}/h_n"),
         Option("max_factor", 10.0, real(1.0), doc="largest h_{n+1}/h_n"),
     )
-
-    def __init__(self) -> None:
-        self._errors: list[float] = []
 
     def validate(self, group, tableau) -> None:
         if not tableau.is_embedded:
@@ -270,36 +312,52 @@ class ErrorControl(StepSizePolicy):
         return group["atol"], group["rtol"]
 
     def initial_steps(self, groups, probe) -> list[float]:
-        steps = []
+        xp, steps = self.xp, []
         for group in groups:
-            proposed = group.get("ec_h_next")
-            steps.append(group["lr"] if proposed is None else min(group["lr"], proposed))
+            lr, proposed = group["lr"], group.get("ec_h_next")
+            if proposed is not None:
+                lr = xp.where(xp.known(proposed), xp.minimum(lr, proposed), lr)
+            steps.append(lr)
         return steps
 
+    def errors(self, attempt: Attempt) -> list[Any]:
+        """The attempt's scaled errors, inf where an evaluation was not finite."""
+        return [self.xp.where(attempt.finite, e, self.xp.inf) for e in attempt.scaled_error]
+
     def judge(self, groups, attempt) -> Verdict:
-        self._errors = [e if attempt.finite else math.inf for e in attempt.scaled_error]
-        if all(error <= 1.0 for error in self._errors):
-            return Verdict.accept()
+        xp, errors = self.xp, self.errors(attempt)
+        within = xp.all([error <= 1.0 for error in errors])
         max_retries = min(group["max_retries"] for group in groups)
-        if attempt.index >= max_retries:  # no retry left
-            if any(group["on_max_retries"] == "raise" for group in groups):
-                return Verdict.fail(
-                    f"error control rejected the step {attempt.index + 1} times (max_retries="
-                    f"{max_retries}); θ_n was restored. Raise max_retries, loosen atol/rtol, "
-                    "lower lr, or set on_max_retries='accept'"
-                )
-            return Verdict.accept()  # the last, smallest attempt
-        return Verdict.retry(
-            h * min(1.0, self.controller(group, attempt.tableau).factor(error, None))
-            for group, h, error in zip(groups, attempt.h, self._errors, strict=True)
+        exhausted = attempt.index >= max_retries  # no retry left
+        raises = any(group["on_max_retries"] == "raise" for group in groups)
+        message = ""
+        if raises:
+            message = (
+                f"error control rejected the step {attempt.index + 1} times (max_retries="
+                f"{max_retries}); θ_n was restored. Raise max_retries, loosen atol/rtol, "
+                "lower lr, or set on_max_retries='accept'"
+            )
+        failed = xp.logical_and(xp.logical_not(within), xp.logical_and(exhausted, raises))
+        return Verdict.decide(
+            xp.logical_or(within, xp.logical_and(exhausted, not raises)),  # else the last, smallest
+            [
+                h * xp.minimum(1.0, self.controller(group, attempt.tableau).factor(error, None, xp))
+                for group, h, error in zip(groups, attempt.h, errors, strict=True)
+            ],
+            failed,
+            message,
         )
 
     def commit(self, groups, attempt) -> None:
-        for group, h, error in zip(groups, attempt.h, self._errors, strict=True):
+        for group, h, error in zip(groups, attempt.h, self.errors(attempt), strict=True):
             controller = self.controller(group, attempt.tableau)
-            group["ec_h_next"] = h * controller.factor(error, group.get("ec_error"))
+            group["ec_h_next"] = h * controller.factor(error, group.get("ec_error"), self.xp)
             group["ec_error"] = error
 
+
+MAX_ATTEMPTS = 1000
+"""A policy that has not accepted or failed after this many attempts of a step is a bug (a binding
+stops the step there)."""
 
 POLICIES: dict[str, type[StepSizePolicy]] = {}
 """The registered ``lr_policy`` values and their classes."""
@@ -341,6 +399,7 @@ register_policy("dal", DriftAdjusted)
 register_policy("error_control", ErrorControl)
 
 __all__ = [
+    "MAX_ATTEMPTS",
     "POLICIES",
     "POLICY_OPTION",
     "Attempt",
