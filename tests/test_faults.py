@@ -130,3 +130,25 @@ def test_finite_differences_below_the_dtype_resolution_warn(dtype, options, warn
         optimizer.step(closure)
     below = [w for w in caught if "resolution" in str(w.message)]
     assert bool(below) == warns, [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("preset", ["dopri5-adaptive", "rk4-dal", "rk4-full", "rk4"])
+def test_an_lr_zero_step_is_a_no_op_that_does_not_poison_the_next_step(preset):
+    """Warm-up from 0 and decay to 0 schedules: the lr = 0 step changes nothing, and the next step
+    is the one a fresh optimizer at that lr would take."""
+    x, y = make_data()
+    model, reference = make_mlp(), make_mlp()
+    optimizer = rkopt.preset(preset, model.parameters(), lr=0.0)
+    fresh = rkopt.preset(preset, reference.parameters(), lr=0.3)
+    before = flat(model).clone()
+    closure = closure_with(model, optimizer, x, y, lambda model, calls: None)
+    optimizer.step(closure)
+    assert torch.equal(flat(model), before) and optimizer.counters.steps == 1
+    optimizer.param_groups[0]["lr"] = 0.3
+    optimizer.step(closure)
+    fresh.step(closure_with(reference, fresh, x, y, lambda model, calls: None))
+    if preset == "rk4-full":  # its preconditioner counts the h = 0 step's gradient, as Adam's moments
+        assert optimizer.param_groups[0]["h"] > 0.0
+        return
+    assert optimizer.param_groups[0]["h"] == fresh.param_groups[0]["h"] > 0.0
+    assert torch.equal(flat(model), flat(reference))

@@ -261,11 +261,11 @@ class DriftAdjusted(StepSizePolicy):
                 difference_sq += norms[(1, 0)]
                 displacement_sq += step * step * norms[(0, None)]
         positive = displacement_sq > 0.0
-        free = xp.where(positive, xp.sqrt(difference_sq / xp.where(positive, displacement_sq, 1.0)), 0.0)
+        free = xp.sqrt(difference_sq / xp.where(positive, displacement_sq, 1.0))
         for group, rho in zip(groups, self._rho, strict=True):
             group["dal_rho"] = rho
-            if group["dal_estimator"] == "free":
-                group["dal_rho_next"] = free
+            if group["dal_estimator"] == "free":  # a step with h = 0 measured nothing: keep the estimate
+                group["dal_rho_next"] = xp.where(positive, free, group.get("dal_rho_next"))
 
 
 class ErrorControl(StepSizePolicy):
@@ -349,10 +349,13 @@ class ErrorControl(StepSizePolicy):
         )
 
     def commit(self, groups, attempt) -> None:
+        xp = self.xp
         for group, h, error in zip(groups, attempt.h, self.errors(attempt), strict=True):
             controller = self.controller(group, attempt.tableau)
-            group["ec_h_next"] = h * controller.factor(error, group.get("ec_error"), self.xp)
-            group["ec_error"] = error
+            moved = h != 0.0  # a step with h = 0 (lr = 0: warm-up, decay to 0) measured nothing
+            proposal = h * controller.factor(error, group.get("ec_error"), xp)
+            group["ec_h_next"] = xp.where(moved, proposal, group.get("ec_h_next"))
+            group["ec_error"] = xp.where(moved, error, group.get("ec_error"))
 
 
 MAX_ATTEMPTS = 1000
