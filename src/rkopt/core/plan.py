@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Literal
 
 from rkopt.core.chebyshev import ChebyshevMethod
@@ -199,10 +199,11 @@ class StepPlan:
             evaluate_candidate=evaluate_candidate,
         )
 
-    @property
+    @cached_property
     def coefficient_bound(self) -> float:
         """A bound on |α|/h over the coefficients a step multiplies a direction by (stage points,
-        weights, error weights), with a margin of 4 for momentum and decoupled decay terms."""
+        weights, error weights), with a margin of 4 for momentum and decoupled decay terms; computed
+        once per plan, read at every step."""
         values = [abs(a) for point in self.points for _, a in point.directions]
         values += [abs(b) for b in self.tableau.b]
         if self.tableau.is_embedded:

@@ -7,7 +7,6 @@ policy's and preconditioner's options, so a plug-in registered at any time bring
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import Tensor
@@ -17,7 +16,6 @@ from rkopt.core.options import (
     Option,
     OptionTable,
     check_engine_group,
-    check_engine_groups,
     flag,
 )
 from rkopt.core.policies import POLICIES, POLICY_OPTION, get_policy
@@ -88,10 +86,6 @@ def validate_group(group: dict[str, Any], tableau: ButcherTableau, table: Option
             raise ValueError(
                 f"rkopt.RungeKutta optimizes floating-point or complex parameters, got {p.dtype}"
             )
-
-
-def validate_groups(groups: Sequence[Mapping[str, Any]]) -> None:
-    check_engine_groups(groups)
 
 
 def options_doc(table: OptionTable) -> str:

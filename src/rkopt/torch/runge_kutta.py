@@ -25,10 +25,10 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from rkopt.core.errors import Counters, StepInProgressError
-from rkopt.core.options import choice, flag
+from rkopt.core.options import check_engine_groups, choice, flag
 from rkopt.core.plan import Method, butcher_tableau, get_method
 from rkopt.torch.checkpoint import check_state_dict, method_name
-from rkopt.torch.config import group_options, options_doc, validate_group, validate_groups
+from rkopt.torch.config import group_options, options_doc, validate_group
 from rkopt.torch.engine import StepProgram
 from rkopt.torch.planning import Planner
 from rkopt.torch.provenance import GradientWitness
@@ -119,7 +119,7 @@ class RungeKutta(Optimizer):
         group = self.param_groups[-1]
         try:
             validate_group(group, butcher_tableau(self.tableau), group_options())
-            validate_groups(self.param_groups)
+            check_engine_groups(self.param_groups)
         except Exception:
             self.param_groups.pop()
             raise
