@@ -18,10 +18,11 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import rkopt
 from rkopt.bench.analysis import RELATIVE_TOLERANCE, ROBUSTNESS_TOLERANCE
+from rkopt.bench.backends import BACKENDS
 from rkopt.bench.config import (
     DEFAULT_LR_EXTEND_MAX,
     DEFAULT_MAX_GRAD_EVALS,
@@ -32,15 +33,18 @@ from rkopt.bench.config import (
     STAGE_BATCHES,
     Environment,
     SweepConfig,
+    check_device_available,
+    directory_setting,
     load_toml,
+    parse_bool,
     parse_executor,
     sweep_configs,
 )
 from rkopt.bench.data import DatasetUnavailableError, default_data_dir
 from rkopt.bench.errors import ConfigError
 from rkopt.bench.optimizers import optimizer_catalog
-from rkopt.bench.records import is_finished, run_directory
-from rkopt.bench.report import write_report
+from rkopt.bench.records import CorruptRunError, SkippedRun, is_finished, run_directory
+from rkopt.bench.report import REPORT_DIR, write_report
 from rkopt.bench.runner import execute_run
 from rkopt.bench.sweep import all_runs, import_ray, run_sweep
 from rkopt.bench.workloads import WORKLOADS
@@ -51,6 +55,7 @@ examples:
       --out runs/demo
   rkopt sweep --workload mlp-mnist5k --optimizer rk4 adam --lr rk4=0.03:0.3:3 adam=1e-4:1e-2:3 \\
       --batch-size 32 512 --seed 0 1 --max-grad-evals 2000 --workers 2 --out runs/sweep
+  rkopt sweep --workload mlp-digits --optimizer rk4 adam --backend torch jax --seed 0 1 --out runs/backends
   rkopt sweep --config configs/main.toml
   rkopt sweep --config configs/study.toml --executor ray --address auto
 Learning rates: a number, a list 'a,b,c' or a log-spaced grid 'LOW:HIGH:COUNT'; prefix 'OPTIMIZER='
@@ -118,6 +123,13 @@ def _add_experiment_arguments(parser: argparse.ArgumentParser, sweep: bool) -> N
         "loader (fresh, as in the DAL reference code); baselines ignore it"
         + ("; give both for the ablation side by side" if sweep else "")
         + " (default: same)",
+    )
+    what.add_argument(
+        "--backend",
+        metavar="|".join(BACKENDS),
+        **many,
+        help="framework that trains: torch, or jax (the optax binding; MLP workloads; pip install "
+        "'rkopt[jax]')" + ("; give both to compare them side by side" if sweep else "") + " (default: torch)",
     )
     budget = parser.add_argument_group("budget (the first limit reached ends a run)")
     budget.add_argument(
@@ -210,7 +222,8 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    """TOML settings (``--config``) overridden by the flags given on the command line."""
+    """TOML settings (``--config``) overridden by the flags given on the command line; the switches
+    (flags without a value, such as ``--offline``) as booleans."""
     settings = load_toml(args.config) if getattr(args, "config", None) else {}
     known = {action.dest for action in args.parser._actions} - _NOT_SETTINGS
     known |= _TOML_ONLY.get(args.command, set())
@@ -221,7 +234,20 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             f"valid keys: {', '.join(sorted(known))}"
         )
     settings.update(_flags(args))
+    for action in args.parser._actions:
+        if action.nargs == 0 and action.dest in settings:
+            settings[action.dest] = parse_bool(settings[action.dest], action.option_strings[0])
     return settings
+
+
+def _out(settings: dict[str, Any]) -> Path:
+    """The results directory, ``--out`` (default ``runs``)."""
+    return directory_setting(settings.get("out", "runs"), "--out")
+
+
+def _warn_skipped(command: str, skipped: Sequence[SkippedRun]) -> None:
+    for run in skipped:
+        print(f"rkopt {command}: warning: skipped run {run.path}: {run.reason}", file=sys.stderr)
 
 
 def _robustness(settings: dict[str, Any]) -> float | None:
@@ -229,7 +255,7 @@ def _robustness(settings: dict[str, Any]) -> float | None:
     if value is None:
         return None
     try:
-        number = float(value)
+        number = math.nan if isinstance(value, bool) else float(value)
     except (TypeError, ValueError):
         number = math.nan
     if not (math.isfinite(number) and number >= 0):
@@ -252,10 +278,10 @@ def _train(args: argparse.Namespace) -> int:
             f"rkopt train runs one configuration, these settings give {len(runs)} (workloads × optimizers × "
             "lrs × batch sizes × seeds); use `rkopt sweep` for grids"
         )
-    out = Path(settings.get("out", "runs"))
-    outcome = execute_run(
-        runs[0], out, Environment.from_settings(settings), progress=not settings.get("quiet")
-    )
+    out = _out(settings)
+    environment = Environment.from_settings(settings)
+    check_device_available(environment.device)
+    outcome = execute_run(runs[0], out, environment, progress=not settings.get("quiet"))
     final = outcome.final
     scores = ", ".join(f"{k} {v:.4g}" for k, v in sorted(final.items()) if k.startswith(("val_", "test_")))
     state = "already finished, not rerun" if outcome.skipped else f"{outcome.status} ({outcome.stop_reason})"
@@ -283,7 +309,10 @@ def _sweep(args: argparse.Namespace) -> int:
         import_ray()  # a clear error now, before anything is written, if Ray is not installed
     robustness = _robustness(settings)
     workers = _workers(settings)
-    out = Path(settings.get("out", "runs"))
+    out = _out(settings)
+    environment = Environment.from_settings(settings)
+    if executor == "local":
+        check_device_available(environment.device)
     runs = all_runs(configs)
     if settings.get("dry_run"):
         for run in runs:
@@ -303,7 +332,7 @@ def _sweep(args: argparse.Namespace) -> int:
     summary = run_sweep(
         configs,
         out,
-        Environment.from_settings(settings),
+        environment,
         workers=0 if executor == "ray" and "workers" not in settings else workers,  # 0: all CPUs
         progress=not quiet,
         executor=executor,
@@ -322,6 +351,7 @@ def _sweep(args: argparse.Namespace) -> int:
         )
     if not settings.get("no_report"):
         report = write_report(out, robustness=robustness)
+        _warn_skipped("sweep", report.skipped_runs)
         _say(settings, f"report: {report.markdown}")
     return 1 if summary.failed else 0
 
@@ -329,7 +359,12 @@ def _sweep(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
 
     robustness = _robustness(vars(args))
-    report = write_report(Path(args.results_dir), Path(args.out) if args.out else None, robustness)
+    results = Path(args.results_dir)
+    out = Path(args.out) if args.out else results / REPORT_DIR
+    if args.out or results.is_dir():
+        directory_setting(out, "--out")
+    report = write_report(results, out, robustness)
+    _warn_skipped("report", report.skipped_runs)
     if not args.quiet:
         print(report.markdown.read_text())
         print(f"report: {report.markdown}\nsummary: {report.summary}")
@@ -359,8 +394,15 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors start ``rkopt COMMAND: error:`` like the others (usage after)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n{self.format_usage()}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rkopt",
         description="Runge–Kutta optimizers against Adam & co: train, sweep, report.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -402,6 +444,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except (ConfigError, DatasetUnavailableError) as err:
         print(f"rkopt {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except CorruptRunError as err:
+        print(
+            f"rkopt {args.command}: error: damaged finished run {err}; delete its directory to run it again",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(

@@ -1,7 +1,7 @@
 """From finished runs to comparisons: best learning rate on validation data, test figures over seeds.
 
-Runs are grouped into *variants* (workload, optimizer with its options and stage batches, batch size,
-budget). Learning-rate selection within a variant is deterministic (:func:`rank_learning_rates`):
+Runs are grouped into *variants* (workload, optimizer with its options, stage batches and backend,
+batch size, budget). Learning-rate selection within a variant is deterministic (:func:`rank_learning_rates`):
 
 1. the final validation metric, mean over seeds, a diverged seed counting as the worst value;
 2. ties broken by the final validation loss, mean over seeds (a diverged seed: +inf), lower first;
@@ -20,7 +20,9 @@ The selected learning rate's test figures are summarised over seeds. Each varian
 
 Variants of the same workload, batch size and budget form a *comparison*: their metric is also read
 at equal gradient evaluations and at equal training time (the smallest total among the variants).
-:func:`performance_profiles` compares optimizers across comparisons (AlgoPerf-style).
+:func:`performance_profiles` compares optimizers across comparisons (AlgoPerf-style);
+:func:`backend_comparisons` pairs the variants of one configuration trained on the torch and JAX
+backends.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from rkopt.bench.backends import BACKENDS
 from rkopt.bench.config import Budget, RunConfig
 from rkopt.bench.records import RunRecord
 
@@ -60,12 +63,17 @@ FRESH_SUFFIX = " [fresh]"
 """Appended to the label of a variant run with ``stage_batches = "fresh"``."""
 
 
+def backend_suffix(backend: str) -> str:
+    """Appended to the label of a variant run on another backend than torch: `` [jax]``."""
+    return "" if backend == "torch" else f" [{backend}]"
+
+
 def optimizer_label(config: RunConfig) -> str:
-    """The optimizer's name with its non-default options, e.g. ``adam(weight_decay=0.01)``, and
-    ``[fresh]`` for ``stage_batches = "fresh"``."""
+    """The optimizer's name with its non-default options, e.g. ``adam(weight_decay=0.01)``,
+    ``[fresh]`` for ``stage_batches = "fresh"`` and ``[jax]`` for the JAX backend."""
     options = ", ".join(f"{k}={v}" for k, v in sorted(config.optimizer_options.items()))
     label = f"{config.optimizer}({options})" if options else config.optimizer
-    return label + (FRESH_SUFFIX if config.stage_batches == "fresh" else "")
+    return label + (FRESH_SUFFIX if config.stage_batches == "fresh" else "") + backend_suffix(config.backend)
 
 
 def budget_label(budget: Budget) -> str:
@@ -337,6 +345,10 @@ class Variant:
         return self.best.runs[0].config.stage_batches
 
     @property
+    def backend(self) -> str:
+        return self.best.runs[0].config.backend
+
+    @property
     def lr_grid(self) -> list[float]:
         return [r.lr for r in self.learning_rates]
 
@@ -459,6 +471,42 @@ def _fill_equal_budgets(members: Sequence[Variant]) -> None:
     for variant in members:
         variant.at_equal_grad_evals = Stat.of(value_at(run, "grad_evals", evals) for run in variant.runs)
         variant.at_equal_time = Stat.of(value_at(run, "time", seconds) for run in variant.runs)
+
+
+# -- backends side by side -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackendComparison:
+    """One optimizer configuration of one comparison on each backend it ran on (lr selected per
+    backend): its variant per backend, in :data:`~rkopt.bench.backends.BACKENDS` order."""
+
+    comparison: ComparisonKey
+    label: str
+    """The variants' label without the backend suffix."""
+    variants: dict[str, Variant]
+
+    def seconds_per_grad_eval(self, backend: str) -> float:
+        """Mean training seconds / mean gradient evaluations of ``backend``'s completed seeds."""
+        return self.variants[backend].seconds_per_1k_grad_evals / 1000
+
+    def time_ratio(self, backend: str, reference: str = "torch") -> float:
+        """Seconds per gradient evaluation of ``backend`` over ``reference``'s (> 1: ``backend`` slower)."""
+        reference_seconds = self.seconds_per_grad_eval(reference)
+        return self.seconds_per_grad_eval(backend) / reference_seconds if reference_seconds else math.nan
+
+
+def backend_comparisons(comparisons: dict[ComparisonKey, list[Variant]]) -> list[BackendComparison]:
+    """The optimizer configurations that ran on more than one backend, paired by comparison and label."""
+    grouped: dict[tuple[ComparisonKey, str], dict[str, Variant]] = {}
+    for key, members in comparisons.items():
+        for v in members:
+            grouped.setdefault((key, v.label.removesuffix(backend_suffix(v.backend))), {})[v.backend] = v
+    return [
+        BackendComparison(key, label, {backend: by[backend] for backend in BACKENDS if backend in by})
+        for (key, label), by in grouped.items()
+        if len(by) > 1
+    ]
 
 
 # -- performance profiles ------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import itertools
 import json
 import math
 import sys
@@ -50,7 +51,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from rkopt.bench.backends import BACKENDS, check_backend
 from rkopt.bench.data import DataSource, default_data_dir
 from rkopt.bench.errors import ConfigError
 from rkopt.bench.optimizers import BASELINES, canonical_optimizer, check_optimizer, default_lr
@@ -70,6 +73,8 @@ MEASUREMENTS_PER_RUN = 20
 STAGE_MULTIPLE = 12
 """Default evaluation intervals are multiples of 12 = lcm(1, 2, 3, 4, 6) gradient evaluations, so that
 methods of 1, 2, 3, 4 and 6 stages per step are all measured at exactly the same budgets."""
+MAX_SEED = 2**64 - 1
+"""The largest seed ``torch.manual_seed`` takes."""
 
 
 # -- parsing of values -------------------------------------------------------------------------
@@ -93,6 +98,13 @@ def parse_assignments(
         common = {k: v for k, v in items.items() if not isinstance(v, Mapping)}
         named = {k: dict(v) for k, v in items.items() if isinstance(v, Mapping)}
         return {None: common, **named} if common else named
+    if isinstance(items, str):
+        items = [items]
+    if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
+        raise ConfigError(
+            f"{flag} {items!r}: expected [NAME:]KEY=VALUE strings or a TOML table, e.g. "
+            f"{flag} adam:weight_decay=0.01"
+        )
     parsed: dict[str | None, dict[str, Any]] = {}
     for item in items:
         target, sep, value = item.partition("=")
@@ -110,23 +122,40 @@ def log_grid(low: float, high: float, count: int) -> tuple[float, ...]:
     return tuple(float(f"{v:.3g}") for v in np.geomspace(low, high, count))
 
 
+def _number(value: Any) -> float:
+    """``value`` as a float; booleans (``true`` in TOML) are not numbers."""
+    if isinstance(value, bool):
+        raise TypeError(f"{value!r} is not a number")
+    return float(value)
+
+
 def parse_lr_grid(spec: Any, flag: str = "--lr") -> tuple[float, ...]:
     """A learning-rate grid: a number, a list, ``"LOW:HIGH:COUNT"`` (log-spaced) or ``"a,b,c"``."""
     try:
         if isinstance(spec, str) and spec.count(":") == 2:
-            low, high, count = spec.split(":")
-            values = log_grid(float(low), float(high), int(count))
+            parts = spec.split(":")
+            low, high, count = float(parts[0]), float(parts[1]), int(parts[2])
+            if not (0 < low <= high and count >= 1):
+                raise ConfigError(
+                    f"{flag} {spec!r}: a log grid LOW:HIGH:COUNT needs 0 < LOW <= HIGH and COUNT >= 1, "
+                    "e.g. 1e-3:1e-1:5"
+                )
+            values = log_grid(low, high, count)
         elif isinstance(spec, str):
             values = tuple(float(v) for v in spec.split(",") if v.strip())
-        elif isinstance(spec, (int, float)) and not isinstance(spec, bool):
-            values = (float(spec),)
+        elif isinstance(spec, (int, float, bool)):
+            values = (_number(spec),)
         else:
-            values = tuple(float(v) for v in spec)
+            values = tuple(_number(v) for v in spec)
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as err:
         raise ConfigError(
             f"{flag} {spec!r}: expected a number, a list 'a,b,c' or a log grid 'LOW:HIGH:COUNT' ({err})"
         ) from err
-    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+    if not values:
+        raise ConfigError(f"{flag} {spec!r}: no learning rate given; e.g. {flag} 0.1 or {flag} 1e-3:1e-1:5")
+    if not all(math.isfinite(v) and v > 0 for v in values):
         raise ConfigError(f"{flag} {spec!r}: learning rates must be finite and > 0")
     return values
 
@@ -135,7 +164,7 @@ def parse_lr_settings(spec: Any) -> dict[str | None, tuple[float, ...]]:
     """``--lr`` items (``SPEC`` or ``OPTIMIZER=SPEC``) or a TOML value/table → {name or None: grid}."""
     if isinstance(spec, Mapping):
         return {(None if k in ("*", "default") else k): parse_lr_grid(v) for k, v in spec.items()}
-    items = spec if isinstance(spec, list) and all(isinstance(v, str) for v in spec) else [spec]
+    items = spec if isinstance(spec, list) and spec and all(isinstance(v, str) for v in spec) else [spec]
     grids: dict[str | None, tuple[float, ...]] = {}
     for item in items:
         name, value = None, item
@@ -149,27 +178,53 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _integers(values: Any, flag: str, minimum: int = 1) -> tuple[int, ...]:
-    """Distinct integers >= ``minimum`` from a value or list of values (ints or digit strings)."""
-    out = []
-    for value in _as_list(values):
-        text = str(value).strip()
-        if isinstance(value, bool) or not text.isdigit() or int(text) < minimum:
-            raise ConfigError(f"{flag} {value!r}: expected an integer >= {minimum}")
-        out.append(int(text))
-    return tuple(dict.fromkeys(out))
+def _names(value: Any, flag: str) -> tuple[str, ...]:
+    """Distinct names from a name or a list of names."""
+    names = _as_list(value)
+    bad = [name for name in names if not isinstance(name, str) or not name.strip()]
+    if bad or not names:
+        raise ConfigError(f"{flag} {(bad or [value])[0]!r}: expected a name or a list of names (strings)")
+    return tuple(dict.fromkeys(names))
 
 
-def _optional_number(settings: Mapping[str, Any], key: str, kind: type) -> Any:
+def _flag(key: str) -> str:
+    """The command-line flag of the setting ``key`` (the TOML key with ``-`` for ``_``)."""
+    return "--" + key.replace("_", "-")
+
+
+def _integer(value: Any, flag: str, minimum: int = 1, maximum: int | None = None) -> int:
+    """An integer in [minimum, maximum] from an int or a digit string; no floats, no booleans."""
+    text = str(value).strip()
+    whole = isinstance(value, (int, str)) and not isinstance(value, bool) and text.isascii()
+    number = int(text) if whole and text.isdecimal() else None
+    if number is None or number < minimum or (maximum is not None and number > maximum):
+        expected = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+        raise ConfigError(f"{flag} {value!r}: expected an integer {expected}")
+    return number
+
+
+def _integers(values: Any, flag: str, minimum: int = 1, maximum: int | None = None) -> tuple[int, ...]:
+    """Distinct integers in [minimum, maximum] from a value or list of values (ints or digit strings)."""
+    return tuple(dict.fromkeys(_integer(value, flag, minimum, maximum) for value in _as_list(values)))
+
+
+def _optional_integer(settings: Mapping[str, Any], key: str) -> int | None:
+    """The integer >= 1 setting ``key``, or None when it is not given."""
+    value = settings.get(key)
+    return None if value is None else _integer(value, _flag(key))
+
+
+def _optional_float(settings: Mapping[str, Any], key: str) -> float | None:
+    """The finite number > 0 setting ``key``, or None when it is not given."""
     value = settings.get(key)
     if value is None:
         return None
     try:
-        number = kind(value)
+        number = _number(value)
     except (TypeError, ValueError):
-        number = None
-    if number is None or not number > 0:
-        raise ConfigError(f"--{key.replace('_', '-')} {value!r}: expected a {kind.__name__} > 0")
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise ConfigError(f"{_flag(key)} {value!r}: expected a finite number > 0")
     return number
 
 
@@ -182,16 +237,23 @@ def parse_bool(value: Any, flag: str) -> bool:
     raise ConfigError(f"{flag} {value!r}: expected true or false")
 
 
+def _choices(value: Any, flag: str, allowed: Sequence[str], both: str) -> tuple[str, ...]:
+    """Distinct values of a two-way axis (one of ``allowed``, or both: ``both`` says what for)."""
+    values = tuple(dict.fromkeys(str(v).strip() for v in _as_list(value)))
+    bad = [v for v in values if v not in allowed]
+    if bad or not values:
+        raise ConfigError(f"{flag} {(bad or [''])[0]!r}: expected {' or '.join(allowed)} (or both, {both})")
+    return values
+
+
 def parse_stage_batches(value: Any) -> tuple[str, ...]:
     """``--stage-batches`` values: one or both of ``same`` and ``fresh``."""
-    values = tuple(dict.fromkeys(str(v).strip() for v in _as_list(value)))
-    bad = [v for v in values if v not in STAGE_BATCHES]
-    if bad or not values:
-        raise ConfigError(
-            f"--stage-batches {(bad or [''])[0]!r}: expected {' or '.join(STAGE_BATCHES)} (or both, for the "
-            "ablation side by side)"
-        )
-    return values
+    return _choices(value, "--stage-batches", STAGE_BATCHES, "for the ablation side by side")
+
+
+def parse_backends(value: Any) -> tuple[str, ...]:
+    """``--backend`` values: one or both of ``torch`` and ``jax`` (:data:`~rkopt.bench.backends.BACKENDS`)."""
+    return _choices(value, "--backend", BACKENDS, "to compare them side by side")
 
 
 def parse_executor(settings: Mapping[str, Any]) -> tuple[str, str | None, dict[str, Any] | None]:
@@ -272,15 +334,19 @@ class RunConfig:
     workload_options: Mapping[str, Any] = field(default_factory=dict)
     optimizer_options: Mapping[str, Any] = field(default_factory=dict)
     stage_batches: str = "same"
+    backend: str = "torch"
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as JSON-able data; ``stage_batches`` only when not the default ``same``, so that
-        the run ids of results recorded before the option existed stay valid."""
+        """The config as JSON-able data; ``stage_batches`` and ``backend`` only when not the defaults
+        ``same`` and ``torch``, so that the run ids of results recorded before the options existed stay
+        valid (and a record without them reads as those defaults)."""
         data = asdict(self)
         data["workload_options"] = dict(self.workload_options)
         data["optimizer_options"] = dict(self.optimizer_options)
         if self.stage_batches == "same":
             del data["stage_batches"]
+        if self.backend == "torch":
+            del data["backend"]
         return data
 
     @classmethod
@@ -292,9 +358,10 @@ class RunConfig:
         """A readable, unique directory name: the main settings plus a hash of the whole config."""
         digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
         fresh = "_fresh" if self.stage_batches == "fresh" else ""
+        backend = "" if self.backend == "torch" else f"_{self.backend}"
         return (
-            f"{self.workload}_{self.optimizer}{fresh}_bs{self.batch_size}_lr{self.lr:.4g}_seed{self.seed}"
-            f"_{digest}"
+            f"{self.workload}_{self.optimizer}{fresh}{backend}_bs{self.batch_size}_lr{self.lr:.4g}"
+            f"_seed{self.seed}_{digest}"
         )
 
 
@@ -313,12 +380,43 @@ class Environment:
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> Environment:
+        data_dir = settings.get("data_dir")
         return cls(
-            data_dir=str(settings.get("data_dir") or default_data_dir()),
-            download=not settings.get("offline", False),
-            device=str(settings.get("device", "cpu")),
-            threads=_integers(settings.get("threads", 1), "--threads")[0],
+            data_dir=str(directory_setting(data_dir, "--data-dir") if data_dir else default_data_dir()),
+            download=not parse_bool(settings.get("offline", False), "--offline"),
+            device=parse_device(settings.get("device", "cpu")),
+            threads=_integer(settings.get("threads", 1), "--threads"),
         )
+
+
+def directory_setting(value: Any, flag: str) -> Path:
+    """A directory path setting (``--out``, ``--data-dir``): a path that is a directory or can become one."""
+    if not isinstance(value, (str, Path)) or not str(value).strip():
+        raise ConfigError(f"{flag} {value!r}: expected a directory path")
+    path = Path(value)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        where = "it" if existing == path else f"{existing}"
+        raise ConfigError(f"{flag} {path}: {where} is a file, not a directory; choose another {flag}")
+    return path
+
+
+def parse_device(value: Any) -> str:
+    """A torch device name (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+    try:
+        if not isinstance(value, str):
+            raise TypeError(f"{value!r} is not a string")
+        return str(torch.device(value))
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"--device {value!r}: expected a torch device such as cpu, cuda or cuda:1") from err
+
+
+def check_device_available(device: str) -> None:
+    """Raise ConfigError if this machine lacks ``device`` (for runs executed here, not on a cluster)."""
+    kind = torch.device(device).type
+    available = getattr(getattr(torch, kind, None), "is_available", None)
+    if available is not None and not available():
+        raise ConfigError(f"--device {device}: torch.{kind}.is_available() is false here; use --device cpu")
 
 
 def _per_name(
@@ -337,12 +435,13 @@ def _per_name(
 @dataclass(frozen=True, order=True)
 class Cell:
     """One variant of a sweep, whose learning rate is selected: workload × optimizer × batch size ×
-    stage batches. Its runs are its learning rates × the sweep's seeds."""
+    stage batches × backend. Its runs are its learning rates × the sweep's seeds."""
 
     workload: str
     optimizer: str
     batch_size: int
     stage_batches: str = "same"
+    backend: str = "torch"
 
 
 def stage_batches_for(optimizer: str, stage_batches: str) -> str:
@@ -352,7 +451,8 @@ def stage_batches_for(optimizer: str, stage_batches: str) -> str:
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """A grid of runs: workloads × optimizers × their learning rates × batch sizes × stage batches × seeds.
+    """A grid of runs: workloads × optimizers × their learning rates × batch sizes × stage batches ×
+    backends × seeds.
 
     With ``lr_extend`` the sweep adds learning rates past an edge-selected one (see
     :func:`rkopt.bench.sweep.extension_runs`); :meth:`runs` is the initial grid only.
@@ -371,15 +471,17 @@ class SweepConfig:
     stage_batches: tuple[str, ...] = ("same",)
     lr_extend: bool = False
     lr_extend_max: int = DEFAULT_LR_EXTEND_MAX
+    backends: tuple[str, ...] = ("torch",)
 
     def cells(self) -> list[Cell]:
         """The variants, each once (a baseline is not repeated for ``fresh``)."""
         cells = [
-            Cell(workload, optimizer, batch_size, stage_batches_for(optimizer, stage))
+            Cell(workload, optimizer, batch_size, stage_batches_for(optimizer, stage), backend)
             for workload in self.workloads
             for optimizer in self.optimizers
             for batch_size in self.batch_sizes
             for stage in self.stage_batches
+            for backend in self.backends
         ]
         return list(dict.fromkeys(cells))
 
@@ -396,6 +498,7 @@ class SweepConfig:
             workload_options=dict(self.workload_options.get(cell.workload, {})),
             optimizer_options=dict(self.optimizer_options.get(cell.optimizer, {})),
             stage_batches=cell.stage_batches,
+            backend=cell.backend,
         )
 
     def cell_runs(self, cell: Cell, lrs: Iterable[float]) -> list[RunConfig]:
@@ -413,12 +516,13 @@ class SweepConfig:
     def from_settings(cls, settings: Mapping[str, Any], lr_factors: Sequence[float] = (1.0,)) -> SweepConfig:
         """Build and validate a sweep from flag/TOML settings. Optimizers without a given ``lr`` get
         their default lr times ``lr_factors``."""
-        workloads = tuple(dict.fromkeys(_as_list(settings.get("workload", DEFAULT_WORKLOAD))))
+        workloads = _names(settings.get("workload", DEFAULT_WORKLOAD), "--workload")
         for workload in workloads:
             get_workload(workload)
         optimizers = tuple(
             dict.fromkeys(
-                canonical_optimizer(n) for n in _as_list(settings.get("optimizer", DEFAULT_OPTIMIZER))
+                canonical_optimizer(name)
+                for name in _names(settings.get("optimizer", DEFAULT_OPTIMIZER), "--optimizer")
             )
         )
         lr_table = _per_name(
@@ -450,32 +554,37 @@ class SweepConfig:
         }
         for name in workloads:
             get_workload(name).options(workload_options[name])
+        stage_batches = parse_stage_batches(settings.get("stage_batches", "same"))
+        backends = parse_backends(settings.get("backend", "torch"))
+        grid = itertools.product(backends, workloads, optimizers, stage_batches)
+        for backend, workload, name, stage in grid:
+            options = optimizer_options[name]
+            check_backend(backend, workload, name, lrs[name][0], options, stage_batches_for(name, stage))
         limits = {
-            "max_grad_evals": _optional_number(settings, "max_grad_evals", int),
-            "max_seconds": _optional_number(settings, "max_seconds", float),
-            "steps": _optional_number(settings, "steps", int),
+            "max_grad_evals": _optional_integer(settings, "max_grad_evals"),
+            "max_seconds": _optional_float(settings, "max_seconds"),
+            "steps": _optional_integer(settings, "steps"),
         }
         if all(v is None for v in limits.values()):
             limits["max_grad_evals"] = DEFAULT_MAX_GRAD_EVALS
         budget = Budget(**limits)
-        eval_every = _optional_number(settings, "eval_every", int) or budget.default_eval_every()
-        target = _optional_number(settings, "target", float)
+        eval_every = _optional_integer(settings, "eval_every") or budget.default_eval_every()
+        target = _optional_float(settings, "target")
         return cls(
             workloads=workloads,
             optimizers=optimizers,
             lrs=lrs,
             batch_sizes=_integers(settings.get("batch_size", 32), "--batch-size"),
-            seeds=_integers(settings.get("seed", 0), "--seed", minimum=0),
+            seeds=_integers(settings.get("seed", 0), "--seed", minimum=0, maximum=MAX_SEED),
             budget=budget,
             eval_every=eval_every,
             target=target,
             workload_options=workload_options,
             optimizer_options=optimizer_options,
-            stage_batches=parse_stage_batches(settings.get("stage_batches", "same")),
+            stage_batches=stage_batches,
+            backends=backends,
             lr_extend=parse_bool(settings.get("lr_extend", False), "--lr-extend"),
-            lr_extend_max=_integers(
-                settings.get("lr_extend_max", DEFAULT_LR_EXTEND_MAX), "--lr-extend-max", minimum=1
-            )[0],
+            lr_extend_max=_integer(settings.get("lr_extend_max", DEFAULT_LR_EXTEND_MAX), "--lr-extend-max"),
         )
 
 
@@ -493,6 +602,7 @@ STUDY_KEYS = (
     "eval_every",
     "target",
     "stage_batches",
+    "backend",
     "lr_extend",
     "lr_extend_max",
 )
@@ -501,10 +611,17 @@ _MERGED_TABLES = ("lr", "opt_arg", "workload_arg")
 
 
 def _merge_entry(base: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The entry's settings over the top-level ones. An entry that selects its own optimizers
+    inherits only their top-level ``[lr]`` and ``[opt_arg]`` keys (the others are study-wide
+    defaults for other entries); its own keys must name selected optimizers."""
     merged = dict(base)
+    selected = set(_as_list(entry["optimizer"])) if "optimizer" in entry else None
+    for key in ("lr", "opt_arg"):
+        if selected is not None and isinstance(base.get(key), Mapping):
+            merged[key] = {k: v for k, v in base[key].items() if k in selected or k == "*"}
     for key, value in entry.items():
-        if key in _MERGED_TABLES and isinstance(value, Mapping) and isinstance(base.get(key), Mapping):
-            merged[key] = {**base[key], **value}
+        if key in _MERGED_TABLES and isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = {**merged[key], **value}
         else:
             merged[key] = value
     return merged
@@ -560,5 +677,11 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(file)
     except FileNotFoundError as err:
         raise ConfigError(f"--config {path}: no such file") from err
+    except IsADirectoryError as err:
+        raise ConfigError(f"--config {path}: is a directory; expected a TOML file") from err
+    except OSError as err:
+        raise ConfigError(f"--config {path}: cannot be read ({err.strerror})") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"--config {path}: invalid TOML: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"--config {path}: not a text (UTF-8) file; expected a TOML file") from err

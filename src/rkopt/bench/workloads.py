@@ -137,18 +137,43 @@ class Problem:
     task: Task
 
 
+def _is_size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def check_option(key: str, value: Any, default: Any) -> None:
+    """Raise ConfigError unless ``value`` suits the workload option ``key`` whose default is ``default``.
+
+    Lists are layer widths and integers sizes (each >= 1); floats are probabilities (dropout), in [0, 1).
+    """
+    if isinstance(default, list):
+        valid = isinstance(value, list) and all(_is_size(width) for width in value)
+        expected = f"a list of integers >= 1 like {default!r} ([] for a linear model)"
+    elif isinstance(default, int):
+        valid, expected = _is_size(value), f"an integer >= 1 like {default!r}"
+    elif isinstance(default, float):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        valid, expected = number and 0 <= value < 1, f"a number in [0, 1) like {default!r}"
+    else:
+        valid, expected = isinstance(value, type(default)), f"a {type(default).__name__} like {default!r}"
+    if not valid:
+        raise ConfigError(f"--workload-arg {key}={value!r}: expected {expected}")
+
+
 Builder = Callable[[DataSource, dict[str, Any]], tuple[Dataset, Callable[[], nn.Module], Task]]
 
 
 @dataclass(frozen=True)
 class Workload:
-    """A named benchmark problem and its options (``--workload-arg KEY=VALUE``) with defaults."""
+    """A named benchmark problem and its options (``--workload-arg KEY=VALUE``) with defaults;
+    ``architecture`` names its model's family (``"mlp"``: :func:`rkopt.bench.models.mlp`)."""
 
     name: str
     description: str
     metric: str
     builder: Builder
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    architecture: str = "custom"
 
     def options(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
         """The defaults updated by ``overrides``; unknown keys and wrong types raise ConfigError."""
@@ -159,12 +184,7 @@ class Workload:
                 + ", ".join(f"{k} (default {v!r})" for k, v in self.defaults.items())
             )
         for key, value in overrides.items():
-            default = self.defaults[key]
-            numeric = isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)
-            if not (isinstance(value, type(default)) or numeric):
-                raise ConfigError(
-                    f"--workload-arg {key}={value!r}: expected a {type(default).__name__} like {default!r}"
-                )
+            check_option(key, value, self.defaults[key])
         return {**self.defaults, **overrides}
 
     def problem(self, source: DataSource, overrides: Mapping[str, Any], seed: int) -> Problem:
@@ -203,24 +223,27 @@ _text = functools.lru_cache(maxsize=2)(load_python_source)
 
 
 def _charlm(source: DataSource, options: dict[str, Any]) -> tuple[Dataset, Callable[[], nn.Module], Task]:
+    context, width, heads = options["context"], options["width"], options["heads"]
+    if width % heads:
+        raise ConfigError(
+            f"--workload-arg heads={heads}: the number of attention heads must divide width={width}"
+        )
     data = _text(options["corpus_chars"])
-    context = options["context"]
+    shortest = min(len(split) for split in (data.train, data.validation, data.test))
+    if shortest < context:
+        raise ConfigError(
+            f"--workload-arg corpus_chars={options['corpus_chars']}: the validation and test splits "
+            f"({shortest} characters) are shorter than context={context}; raise corpus_chars or lower context"
+        )
 
     def make_model() -> nn.Module:
-        return CharTransformer(
-            data.num_classes,
-            context,
-            options["width"],
-            options["heads"],
-            options["layers"],
-            options["dropout"],
-        )
+        return CharTransformer(data.num_classes, context, width, heads, options["layers"], options["dropout"])
 
     return data, make_model, LanguageModelTask(context, options["eval_windows"])
 
 
 def _mlp_workload(name: str, dataset: str, description: str, hidden: list[int]) -> Workload:
-    return Workload(name, description, "accuracy", _mlp_on(dataset), {"hidden": hidden})
+    return Workload(name, description, "accuracy", _mlp_on(dataset), {"hidden": hidden}, "mlp")
 
 
 WORKLOADS: dict[str, Workload] = {

@@ -1,8 +1,8 @@
 """Diagonal preconditioners P_n in JAX (METHOD §2.1), declared once for both bindings.
 
-A JAX preconditioner's ``spec`` is the ``rkopt.DiagonalPreconditioner`` of the same name: its
-name, option declarations (defaults and checks), statistics and cross-key validation are read from
-there, never copied; only the arithmetic is written here. P_n is computed from the stage-1 q and
+A shipped JAX preconditioner inherits its name, option declarations (defaults and checks),
+statistics and cross-key validation from :mod:`rkopt.core.preconditioners`, as the torch class of
+the same name does; only the arithmetic is written here. P_n is computed from the stage-1 q and
 frozen for the step; the statistics after the step are proposed and committed only if the step is
 accepted.
 """
@@ -10,36 +10,23 @@ accepted.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import jax.numpy as jnp
 from jax import lax
 
-import rkopt  # the public API: the declarations of the shipped preconditioners
 from rkopt.core.options import Option
+from rkopt.core.preconditioners import AdaGradDeclaration, PreconditionerDeclaration, RMSPropDeclaration
 
 Leaves = list[Any]
 
 
-class Preconditioner:
+class Preconditioner(PreconditionerDeclaration):
     """A diagonal P_n over the leaves of the parameters.
 
-    Class attributes:
-        spec: the ``rkopt.DiagonalPreconditioner`` subclass declaring its ``name``, ``options``,
-            ``statistics`` and ``validate``.
+    Class attributes (:class:`~rkopt.core.preconditioners.PreconditionerDeclaration`): ``name``,
+    ``options`` and ``statistics``; ``validate`` checks a group's keys together.
     """
-
-    spec: ClassVar[type]
-    name: ClassVar[str]
-    options: ClassVar[tuple[Option, ...]]
-    statistics: ClassVar[tuple[str, ...]]
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls.name, cls.options, cls.statistics = cls.spec.name, cls.spec.options, cls.spec.statistics
-
-    def validate(self, group: Mapping[str, Any]) -> None:
-        self.spec.validate(self.spec, group)
 
     def propose(
         self, group: Mapping[str, Any], steps: Any, q: Leaves, statistics: Sequence[Leaves]
@@ -49,10 +36,8 @@ class Preconditioner:
         raise NotImplementedError
 
 
-class AdaGrad(Preconditioner):
+class AdaGrad(AdaGradDeclaration, Preconditioner):
     """G_n = G_{n-1} + q_1², P_n = (δ + G_n)^(-1/2)."""
-
-    spec = rkopt.AdaGrad
 
     def propose(self, group, steps, q, statistics):
         (sum_sq,) = statistics
@@ -60,10 +45,8 @@ class AdaGrad(Preconditioner):
         return [new], [lax.rsqrt(s + group["precond_delta"]) for s in new]
 
 
-class RMSProp(Preconditioner):
+class RMSProp(RMSPropDeclaration, Preconditioner):
     """v_n = β2 v_{n-1} + (1-β2) q_1², P_n = 1 / (√(v_n / (1 - β2ⁿ)) + ε)."""
-
-    spec = rkopt.RMSProp
 
     def propose(self, group, steps, q, statistics):
         beta2, (exp_avg_sq,) = group["precond_beta2"], statistics
@@ -78,7 +61,7 @@ PRECONDITIONERS: dict[str, Preconditioner] = {}
 
 
 def register_preconditioner(preconditioner: Preconditioner) -> Preconditioner:
-    """Make ``preconditioner=<its spec's name>`` select ``preconditioner`` in
+    """Make ``preconditioner=<its name>`` select ``preconditioner`` in
     :func:`rkopt.optax.runge_kutta`."""
     if not isinstance(preconditioner, Preconditioner):
         raise TypeError("register_preconditioner expects an rkopt.optax.Preconditioner instance")
@@ -87,8 +70,8 @@ def register_preconditioner(preconditioner: Preconditioner) -> Preconditioner:
 
 
 def get_preconditioner(name: Any) -> Preconditioner | None:
-    """The JAX preconditioner called ``name`` (None for none); otherwise the torch binding's error
-    (a new preconditioner is declared there first, with ``rkopt.register_preconditioner``)."""
+    """The JAX preconditioner called ``name`` (None for none); otherwise the torch binding's error,
+    word for word."""
     if name is None or (isinstance(name, str) and name in PRECONDITIONERS):
         return PRECONDITIONERS.get(name)
     names = ", ".join(["None", *sorted(PRECONDITIONERS)])

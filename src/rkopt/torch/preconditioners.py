@@ -13,28 +13,21 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
-from rkopt.core.options import Option, real
+from rkopt.core.options import Option
+from rkopt.core.preconditioners import AdaGradDeclaration, PreconditionerDeclaration, RMSPropDeclaration
 from rkopt.torch._ops import TensorListOps, Tensors
 
 
-class DiagonalPreconditioner(ABC):
+class DiagonalPreconditioner(PreconditionerDeclaration, ABC):
     """A diagonal P_n built from running statistics of stage-1 gradients.
 
-    Class attributes:
+    Class attributes (:class:`~rkopt.core.preconditioners.PreconditionerDeclaration`):
         name: the value of the ``preconditioner`` group key that selects it.
         options: param-group keys it reads, with their defaults and checks.
         statistics: names of the parameter-sized tensors it keeps in the optimizer state.
     """
-
-    name: ClassVar[str]
-    options: ClassVar[tuple[Option, ...]] = ()
-    statistics: ClassVar[tuple[str, ...]] = ()
-
-    def validate(self, group: Mapping[str, Any]) -> None:
-        """Raise ``ValueError`` if ``group``'s keys are invalid together (each key's own check has
-        already passed)."""
 
     @abstractmethod
     def propose(
@@ -55,15 +48,11 @@ class DiagonalPreconditioner(ABC):
         """
 
 
-class AdaGrad(DiagonalPreconditioner):
+class AdaGrad(AdaGradDeclaration, DiagonalPreconditioner):
     """The paper's modified AdaGrad: G_n = Σ_{l<=n} q_1(θ_l)², P_n = (δ + G_n)^(-1/2).
 
     δ (``precond_delta``, default 1 as in the paper) makes P_n <= 1: it can only shrink steps.
     """
-
-    name = "adagrad"
-    options = (Option("precond_delta", 1.0, real(0.0, low_open=True), doc="δ"),)
-    statistics = ("sum_sq",)
 
     def propose(self, ops, group, steps, gradient, statistics, proposed, scale) -> None:
         (sum_sq,), (new_sum_sq,) = statistics, proposed
@@ -72,16 +61,9 @@ class AdaGrad(DiagonalPreconditioner):
         ops.rsqrt_(scale)
 
 
-class RMSProp(DiagonalPreconditioner):
+class RMSProp(RMSPropDeclaration, DiagonalPreconditioner):
     """Adam/RMSProp second moment: v_n = β2 v_{n-1} + (1-β2) q_1², v̂_n = v_n / (1 - β2^n),
     P_n = 1 / (√v̂_n + ε)."""
-
-    name = "rmsprop"
-    options = (
-        Option("precond_beta2", 0.999, real(0.0, 1.0, high_open=True), doc="β2"),
-        Option("precond_eps", 1e-8, real(0.0, low_open=True), doc="ε"),
-    )
-    statistics = ("exp_avg_sq",)
 
     def propose(self, ops, group, steps, gradient, statistics, proposed, scale) -> None:
         beta2 = group["precond_beta2"]
