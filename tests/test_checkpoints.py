@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -107,3 +108,50 @@ def test_a_chebyshev_checkpoint_names_its_method():
     before = flat(model).clone()
     same.step(make_closure(model, same, x, y))
     assert not torch.equal(flat(model), before)
+
+
+# -- state_dict hooks see the whole dict, counters included --------------------------------------
+
+
+def test_state_dict_post_hooks_see_the_counters_and_may_change_them():
+    _, optimizer = trained()
+    seen = []
+
+    def post_hook(opt, state_dict):
+        seen.append((dict(state_dict["counters"]), state_dict["rkopt"]["method"]))
+        state_dict["counters"]["steps"] += 100
+
+    optimizer.register_state_dict_post_hook(post_hook)
+    saved = optimizer.state_dict()
+    assert seen == [(dataclasses.asdict(optimizer.counters), "rk4")]
+    assert saved["counters"]["steps"] == optimizer.counters.steps + 100 == 102
+
+
+def test_load_state_dict_pre_hooks_get_the_counters_and_may_change_them():
+    model, optimizer = trained()
+    saved = copy.deepcopy(optimizer.state_dict())
+    fresh = rkopt.preset("rk4-full", model.parameters(), lr=0.1)
+    seen, loaded = [], []
+
+    def pre_hook(opt, state_dict):
+        seen.append(dict(state_dict["counters"]))
+        state_dict["counters"] = {**state_dict["counters"], "steps": 7}
+
+    fresh.register_load_state_dict_pre_hook(pre_hook)
+    fresh.register_load_state_dict_post_hook(lambda opt: loaded.append(dataclasses.asdict(opt.counters)))
+    fresh.load_state_dict(saved)
+    assert seen == [saved["counters"]] and saved["counters"]["steps"] == 2  # the caller's dict is kept
+    assert fresh.counters.steps == 7 and loaded == [{**saved["counters"], "steps": 7}]
+
+
+def test_a_load_pre_hook_can_migrate_a_dict_without_counters_and_its_result_is_checked():
+    model, optimizer = trained()
+    foreign = {k: v for k, v in copy.deepcopy(optimizer.state_dict()).items() if k != "counters"}
+    fresh = rkopt.preset("rk4-full", model.parameters(), lr=0.1)
+    zeros = dataclasses.asdict(rkopt.Counters())
+    handle = fresh.register_load_state_dict_pre_hook(lambda opt, sd: {**sd, "counters": zeros})
+    fresh.load_state_dict(foreign)
+    assert fresh.counters == rkopt.Counters()
+    handle.remove()
+    fresh.register_load_state_dict_pre_hook(lambda opt, sd: {**sd, "counters": {"steps": -1}})
+    assert_refused(fresh, copy.deepcopy(optimizer.state_dict()), ValueError, "'counters' must be a dict")

@@ -56,6 +56,47 @@ def test_a_closure_that_accumulates_across_stages_is_refused(set_to_none):
     assert torch.equal(flat(model), before)
 
 
+@pytest.mark.parametrize("preset", ["euler", "rk4", "rk4-full"])
+def test_gradients_a_backward_outside_the_closure_left_are_not_integrated(preset):
+    """Accumulation outside the closure (a backward per micro-batch, then step(closure) with a closure
+    that does not zero): the first evaluation would add micro-batch 2 to micro-batch 1's gradient,
+    which no stage asked for. Euler (one evaluation) used to take that step silently."""
+    x, y = make_data()
+    model = make_mlp()
+    optimizer = rkopt.preset(preset, model.parameters(), lr=0.1)
+    loss_of(model, x[:24], y[:24]).backward()  # micro-batch 1, outside the step
+    before = flat(model).clone()
+
+    def closure():
+        loss = loss_of(model, x[24:], y[24:])
+        loss.backward()
+        return loss
+
+    with pytest.raises(rkopt.StaleGradientError, match="present before optimizer.step"):
+        optimizer.step(closure)
+    assert torch.equal(flat(model), before)
+    assert optimizer.counters == rkopt.Counters(grad_evals=1)
+
+
+def test_gradients_present_before_the_step_are_fine_when_zero_or_replaced():
+    x, y = make_data()
+    model, reference = make_mlp(), make_mlp()
+    euler = rkopt.Euler(model.parameters(), lr=0.1)
+    sgd = torch.optim.SGD(reference.parameters(), lr=0.1)
+    for net, optimizer in ((model, euler), (reference, sgd)):
+        loss_of(net, x, y).backward()
+        optimizer.zero_grad(set_to_none=False)  # zeros present: a backward onto them is a fresh one
+
+        def closure(net=net):
+            loss = loss_of(net, x, y)
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        optimizer.step(make_closure(net, optimizer, x, y))  # the previous step's gradients, replaced
+    assert torch.equal(flat(model), flat(reference))
+
+
 def test_zeroing_in_place_and_accumulating_micro_batches_within_one_evaluation_is_fine():
     x, y = make_data()
     model, reference = make_mlp(), make_mlp()

@@ -152,3 +152,94 @@ def test_an_lr_zero_step_is_a_no_op_that_does_not_poison_the_next_step(preset):
         return
     assert optimizer.param_groups[0]["h"] == fresh.param_groups[0]["h"] > 0.0
     assert torch.equal(flat(model), flat(reference))
+
+
+# -- a non-finite direction where b_i = 0 ---------------------------------------------------------
+# Such a stage reaches θ_{n+1} = θ_n - h Σ b_j d_j only through the later stage points; a saturating
+# loss can give finite values and gradients at a non-finite point, so the candidate looks fine.
+
+
+def saturating_boundary(theta: torch.Tensor) -> torch.Tensor:
+    """L = -tanh(√(1 - θ)) per element: dL/dθ = +inf at θ = 1, and L = -1, dL/dθ = 0 at θ = -inf."""
+    return -torch.tanh(torch.sqrt(1.0 - theta)).sum()
+
+
+def stage_closure(theta, optimizer, loss_fn, calls):
+    def closure():
+        optimizer.zero_grad()
+        loss = loss_fn(theta)
+        loss.backward()
+        calls.append((theta.detach().clone(), theta.grad.clone()))
+        return loss
+
+    return closure
+
+
+@pytest.mark.parametrize("on_nonfinite", ["raise", "skip"])
+@pytest.mark.parametrize("stagewise", [False, True])
+def test_an_infinite_first_direction_of_midpoint_is_not_hidden_by_a_saturating_loss(on_nonfinite, stagewise):
+    """Midpoint (b = (0, 1)): d_1 = +inf puts stage 2 at θ = -inf, where this loss and its gradient
+    are finite, so θ_{n+1} = θ_n - h d_2 was finite and the step used to be accepted with θ_1 frozen.
+    Now d_1 is checked (b_1 = 0) and the step fails at once, before stage 2 is evaluated."""
+    stage_point = torch.tensor([-math.inf, 0.5], dtype=torch.float64, requires_grad=True)
+    saturating_boundary(stage_point).backward()
+    assert torch.isfinite(stage_point.grad).all()  # what stage 2 would have seen
+    theta = nn.Parameter(torch.tensor([1.0, 0.5], dtype=torch.float64))
+    optimizer = rkopt.Midpoint([theta], lr=0.1, on_nonfinite=on_nonfinite, stagewise=stagewise)
+    calls = []
+    closure = stage_closure(theta, optimizer, saturating_boundary, calls)
+    if on_nonfinite == "raise":
+        with pytest.raises(rkopt.NonFiniteStepError, match="stage direction"):
+            optimizer.step(closure)
+    else:
+        optimizer.step(closure)
+        assert optimizer.counters.skipped_steps == 1
+    assert len(calls) == 1 and calls[0][1][0] == math.inf and optimizer.step_complete
+    assert torch.equal(theta.detach(), torch.tensor([1.0, 0.5], dtype=torch.float64))
+    assert optimizer.counters.steps == 0 and optimizer.counters.grad_evals == 1
+
+
+def overflow_at(optimizer, theta, evaluation):
+    """A backward that overflows at one evaluation (a kernel whose gradient is inf there)."""
+    theta.register_hook(lambda g: g * math.inf if optimizer.evaluation_index == evaluation else g)
+
+
+def tanh_squared(theta):
+    return torch.tanh(theta).square().sum()  # finite value and gradient (0) at ±inf
+
+
+@pytest.mark.parametrize(("tableau", "stage"), [("dormand_prince", 1), ("heun3", 1), ("fehlberg", 1)])
+def test_an_infinite_direction_in_a_later_b_i_0_stage_fails_the_step(tableau, stage):
+    assert rkopt.get_tableau(tableau).b[stage] == 0.0
+    theta = nn.Parameter(torch.tensor([1.0, 0.5], dtype=torch.float64))
+    optimizer = rkopt.RungeKutta([theta], lr=0.1, tableau=tableau)
+    overflow_at(optimizer, theta, stage)
+    calls = []
+    with pytest.raises(rkopt.NonFiniteStepError):
+        optimizer.step(stage_closure(theta, optimizer, tanh_squared, calls))
+    assert all(torch.isfinite(grad).all() for _, grad in calls[stage + 1 :])  # the later stages hid it
+    assert torch.equal(theta.detach(), torch.tensor([1.0, 0.5], dtype=torch.float64))
+
+
+def test_under_error_control_an_infinite_b_i_0_direction_is_a_rejection_and_the_retry_succeeds():
+    theta = nn.Parameter(torch.tensor([1.0, 0.5], dtype=torch.float64))
+    optimizer = rkopt.preset("dopri5-adaptive", [theta], lr=0.1)
+    overflow_at(optimizer, theta, 1)  # stage 2 of the first attempt only
+    optimizer.step(stage_closure(theta, optimizer, tanh_squared, []))
+    assert optimizer.counters.rejected_steps == 1 and optimizer.counters.steps == 1
+    assert torch.isfinite(theta).all() and optimizer.param_groups[0]["h"] < 0.1
+
+
+@pytest.mark.parametrize("preset", ["rk4", "rk4-full"])
+def test_stages_with_b_i_nonzero_are_not_read_twice(preset, monkeypatch):
+    """The b_i = 0 check costs nothing where every b_i != 0: no direction is read for it."""
+    reads = []
+    original = rkopt.torch._ops.TensorListOps.all_finite
+    monkeypatch.setattr(
+        rkopt.torch._ops.TensorListOps, "all_finite", staticmethod(lambda x: reads.append(x) or original(x))
+    )
+    x, y = make_data()
+    model = make_mlp()
+    optimizer = rkopt.preset(preset, model.parameters(), lr=0.1)
+    optimizer.step(closure_with(model, optimizer, x, y, lambda model, calls: None))
+    assert len(reads) == 1  # the candidate θ_{n+1} only

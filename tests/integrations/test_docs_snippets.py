@@ -56,6 +56,7 @@ def test_the_page_has_a_snippet_per_integration():
         "PyTorch Lightning",
         "timm",
         "pytorch_optimizer",
+        "Mixed precision (GradScaler)",
     ):
         assert section in sections
 

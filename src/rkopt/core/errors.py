@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 
 class NonFiniteStepError(FloatingPointError):
-    """A stage produced a non-finite loss or update; the parameters were restored to θ_n."""
+    """A stage produced a non-finite loss, direction (where b_i = 0) or update; the parameters were
+    restored to θ_n."""
 
 
 class StepRejectedError(RuntimeError):

@@ -8,6 +8,7 @@ from rkopt.core.errors import (
     StepRejectedError,
 )
 from rkopt.torch.aliases import RK4, DormandPrince, Euler, Heun, Midpoint
+from rkopt.torch.amp import ScaledStep
 from rkopt.torch.config import group_options
 from rkopt.torch.preconditioners import (
     AdaGrad,
@@ -39,6 +40,7 @@ __all__ = [
     "PlainUpdate",
     "RMSProp",
     "RungeKutta",
+    "ScaledStep",
     "StaleGradientError",
     "StepInProgressError",
     "StepRejectedError",

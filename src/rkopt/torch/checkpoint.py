@@ -3,21 +3,27 @@
 A state_dict must come from an rkopt optimizer of the same solver (tableau or Chebyshev method)
 and the same per-group policy and preconditioner; its counters, group values and per-parameter
 state are validated as the constructor would validate them. Keys that LR schedulers and frameworks
-add to groups (``initial_lr``, ...) stay accepted.
+add to groups (``initial_lr``, ...) stay accepted. The state_dict hooks see the whole dict:
+post-hooks of ``state_dict()`` get it with ``counters`` and ``rkopt``, and pre-hooks of
+``load_state_dict()`` get (and may change) it before it is checked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import fields
 from numbers import Integral
 from typing import Any
 
 from torch import Tensor
+from torch.optim import Optimizer
 
 from rkopt.core.chebyshev import ChebyshevMethod
 from rkopt.core.errors import Counters
 from rkopt.core.plan import Method, butcher_tableau
+from rkopt.core.spectral import SPECTRAL_VECTOR, AutoChebyshev
 from rkopt.torch.config import group_options, validate_group
 from rkopt.torch.preconditioners import get_preconditioner
 from rkopt.torch.update_rules import update_rule
@@ -30,7 +36,7 @@ def method_name(method: Method) -> str:
     """A solver's identity in a checkpoint."""
     if isinstance(method, ChebyshevMethod):
         return f"rkc{method.order}(stages={method.stages}, damping={method.damping!r})"
-    return method.name
+    return method.name  # a tableau's, or an AutoChebyshev's "rkcN(stages=auto, damping=ε)"
 
 
 def _refuse(message: str) -> None:
@@ -88,6 +94,8 @@ def check_state_dict(method: Method, groups: Sequence[dict[str, Any]], state_dic
         preconditioner = get_preconditioner(candidate["preconditioner"])
         if preconditioner is not None:
             allowed |= {*preconditioner.statistics, "precond_steps"}
+        if isinstance(method, AutoChebyshev):
+            allowed.add(SPECTRAL_VECTOR)
         for key, param in zip(saved["params"], current["params"], strict=True):
             _check_entry(saved_state.get(key, {}), param, allowed, key)
     return counters
@@ -117,3 +125,32 @@ def _check_entry(entry: Any, param: Tensor, allowed: set[str], key: Any) -> None
 def _state_shape(param: Tensor):
     """The shape of a parameter's state tensors (a complex parameter keeps them as real pairs)."""
     return (*param.shape, 2) if param.is_complex() else param.shape
+
+
+# -- the hooks: they see the whole dict, counters included ---------------------------------------
+
+HookTable = dict[int, Callable[..., Any]]
+
+
+@contextmanager
+def hooks_withheld(optimizer: Optimizer, *tables: str) -> Iterator[list[HookTable]]:
+    """Run torch's ``state_dict``/``load_state_dict`` without the named hook tables, yielding them:
+    rkopt runs those hooks itself, on the dict with its own keys (``counters``, ``rkopt``)."""
+    held = [getattr(optimizer, name) for name in tables]
+    for name in tables:
+        setattr(optimizer, name, OrderedDict())
+    try:
+        yield held
+    finally:
+        for name, table in zip(tables, held, strict=True):
+            setattr(optimizer, name, table)
+
+
+def run_dict_hooks(hooks: HookTable, optimizer: Optimizer, state_dict: Any) -> Any:
+    """``state_dict`` through ``hooks(optimizer, state_dict)`` in order, each returning a
+    replacement or None (torch's state_dict post-hooks and load_state_dict pre-hooks)."""
+    for hook in list(hooks.values()):
+        result = hook(optimizer, state_dict)
+        if result is not None:
+            state_dict = result
+    return state_dict

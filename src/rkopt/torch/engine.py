@@ -17,10 +17,11 @@ from typing import Any
 from torch import Tensor
 
 from rkopt.core.errors import NonFiniteStepError, StepRejectedError
-from rkopt.core.plan import StepPlan
+from rkopt.core.plan import GroupPlan, StepPlan
 from rkopt.core.policies import MAX_ATTEMPTS, Attempt, ProbeRequest, ProbeResult, StepSizePolicy
 from rkopt.torch.group_run import GroupRun
 from rkopt.torch.igr import igr_fields
+from rkopt.torch.stage_count import StageCount
 
 Program = Generator[str, Any, str]
 
@@ -61,6 +62,11 @@ class Losses:
             self.bad.append(len(self.values))
         self.values.append(loss)
 
+    def fail(self, index: int) -> None:
+        """Count evaluation ``index`` as non-finite (its loss is, but its direction is not)."""
+        if index not in self.bad:
+            self.bad.append(index)
+
     def truncate(self, length: int) -> None:
         """Forget the losses from ``length`` on (a retried attempt's)."""
         del self.values[length:]
@@ -73,7 +79,8 @@ class Losses:
 class StepProgram:
     """One step of ``runs`` (the groups with gradients) under ``plan``.
 
-    ``policies`` pairs each step-size policy in use with its runs, in group order.
+    ``policies`` pairs each step-size policy in use with its runs, in group order; ``stage_count``
+    chooses the plan once h is known (a method whose stage count is chosen each step), else None.
     """
 
     def __init__(
@@ -82,8 +89,10 @@ class StepProgram:
         plan: StepPlan,
         policies: Sequence[tuple[StepSizePolicy, list[GroupRun]]],
         on_nonfinite: str,
+        stage_count: StageCount | None = None,
     ) -> None:
         self.runs, self.plan, self.policies, self.on_nonfinite = runs, plan, policies, on_nonfinite
+        self.stage_count = stage_count
         self.losses = Losses()  # of the evaluations that count: θ_n, probes, the current attempt
         self.rejections = 0
 
@@ -115,6 +124,10 @@ class StepProgram:
             result = (yield from self.probe(members, request)) if request is not None else None
             for run, h in zip(members, policy.initial_steps(groups, result), strict=True):
                 run.h = h
+        if self.stage_count is not None and self.losses.finite():
+            yield from self.stage_count.choose(self)
+        if not self.unweighted_direction_finite(0):
+            self.losses.fail(0)
         if not self.losses.finite() or not self.steps_representable():
             return self.nonfinite()  # a probe failed, or an h too large for the parameters' dtype
         settled = len(self.losses)
@@ -160,13 +173,31 @@ class StepProgram:
             run.commit()
         for (policy, members), attempt in zip(self.policies, attempts, strict=True):
             policy.commit([run.group for run in members], attempt)
+        if self.stage_count is not None:
+            self.stage_count.commit(runs)
         return "accepted"
+
+    def rebind(self, plan: StepPlan, group_plans: Sequence[GroupPlan]) -> None:
+        """Execute ``plan`` from here on (a plan of the same family, chosen after stage 1)."""
+        self.plan = plan
+        for run, group_plan in zip(self.runs, group_plans, strict=True):
+            run.rebind(group_plan)
 
     def steps_representable(self) -> bool:
         """Whether every group's h, times the plan's coefficients, is finite in its dtype (a larger
         one would overflow the parameters' type in the first update)."""
         bound = self.plan.coefficient_bound
         return all(math.isfinite(run.h) and abs(run.h) * bound <= run.largest_value for run in self.runs)
+
+    def unweighted_direction_finite(self, stage: int) -> bool:
+        """Whether d_i is finite where b_i = 0 (else True, unread). Such a stage reaches θ_{n+1} =
+        θ_n - h Σ b_j d_j only through the later stage points θ_n - h Σ_j a_kj d_j, where a
+        saturating loss can turn a non-finite point into a finite loss and gradient, so the
+        candidate's finiteness does not reveal it; a stage with b_i != 0 reaches θ_{n+1} linearly
+        and the candidate's check covers it. One read of d_i."""
+        if self.plan.tableau.b[stage] != 0.0:
+            return True
+        return all(run.ops.all_finite(run.directions[stage]) for run in self.runs)
 
     def first_directions_finite(self) -> bool:
         return all(run.ops.all_finite(run.directions[0]) for run in self.runs)
@@ -184,6 +215,8 @@ class StepProgram:
                 run.move_to_stage(stage)
             self.losses.append((yield "stage"))
             yield from self.record(runs, stage)
+            if not self.unweighted_direction_finite(stage):
+                self.losses.fail(len(self.losses) - 1)
             for run in runs:
                 run.accumulate(stage)
                 run.measure(run.needs.norms, stage)
@@ -269,7 +302,8 @@ class StepProgram:
         if self.on_nonfinite == "skip":
             return "skipped"
         raise NonFiniteStepError(
-            "a non-finite loss or update occurred during the Runge–Kutta step (losses of its "
-            f"evaluations: {[loss_value(loss) for loss in self.losses.values]}); the parameters were "
-            "restored to θ_n. Lower lr, use an adaptive lr_policy, or pass on_nonfinite='skip'"
+            "a non-finite loss, stage direction or update occurred during the Runge–Kutta step "
+            f"(losses of its evaluations: {[loss_value(loss) for loss in self.losses.values]}); "
+            "the parameters were restored to θ_n. Lower lr, use an adaptive lr_policy, or pass "
+            "on_nonfinite='skip'"
         )

@@ -17,6 +17,7 @@ from torch import Tensor
 from rkopt.core.plan import GroupPlan, StagePoint
 from rkopt.core.policies import Norm, PolicyNeeds
 from rkopt.torch._ops import Combination, TensorListOps, Tensors
+from rkopt.torch.config import GroupView
 from rkopt.torch.field import VectorField
 from rkopt.torch.update_rules import UpdateRule
 
@@ -40,7 +41,7 @@ class GroupRun:
         # real views; state, workspace and gradients belong to the parameters themselves
         self.owners = params
         self.params = [torch.view_as_real(p) if p.is_complex() else p for p in params]
-        self.group, self.plan, self.ops = group, plan, ops
+        self.group, self.plan, self.ops = GroupView(group), plan, ops  # lr read as a float
         self.field, self.rule, self.needs, self.key = field, rule, needs, key
         self.decoupled_decay = group["weight_decay"] if group["decoupled_weight_decay"] else 0.0
         self.keeps_state = bool(field.statistics) or bool(rule.state_keys)
@@ -59,8 +60,18 @@ class GroupRun:
         self.update: Combination | None = None
         self.error: Combination | None = None
         self.norms: dict[Norm, float] = {}
-        self.older: list[Tensor] | None = None  # Y_{i-2} of a recurrence (after stage 2)
+        self.older: list[Tensor] | None = None  # D_{i-2} = Y_{i-2} - θ_n of a recurrence (after stage 2)
+        self.last: list[Tensor] | None = None  # D_{i-1} (None: Y_{i-1} is θ_n or the Butcher point Y_1)
         self.field.reset()
+
+    def rebind(self, plan: GroupPlan) -> None:
+        """Execute ``plan`` from here on, stage 1 recorded: a plan of the same family whose d_1 is
+        kept in the same slot (the s-stage plans of an automatic stage count)."""
+        if plan.step.slots[0] != self.plan.step.slots[0] or plan.step.slots[0] is None:
+            raise RuntimeError("a step can only switch to a plan that keeps d_1 in the same slot")
+        first = self.directions[0]
+        self.plan = plan
+        self.directions = [first] + [None] * (plan.step.stages - 1)
 
     def buffer(self, role: str) -> list[Tensor]:
         """A parameter-sized work buffer per parameter (kept in the workspace between steps)."""
@@ -167,6 +178,9 @@ class GroupRun:
 
     def move_to_point(self, point: StagePoint, extra: list[tuple[Tensors, float]]) -> None:
         """θ ← ``point`` (+ the ``extra`` terms)."""
+        if point.recurrent and self.h == 0.0:
+            self.restore_theta0()  # h = 0: every point is θ_n, which the weights give only up to rounding
+            return
         if point.recurrent:
             self.move_to_recurrent_point(point, extra)
             return
@@ -175,22 +189,26 @@ class GroupRun:
             self.combine_into_params(self.theta0, terms)
 
     def move_to_recurrent_point(self, point: StagePoint, extra: list[tuple[Tensors, float]]) -> None:
-        """θ ← theta·θ_n + previous·Y_{i-1} + before·Y_{i-2} - h Σ a_j d_j (+ ``extra``), θ holding
-        Y_{i-1}: Y_{i-1} is copied into the point buffer Y_{i-2} no longer needs, then the buffers
-        trade roles, so two of them serve any number of stages."""
-        free = self.buffer("point1" if self.older is self.buffer("point0") else "point0")
-        self.ops.copy_(free, self.params)
-        combination = Combination(self.ops, self.params, None)
-        combination.add(self.theta0, point.theta).add(free, point.previous)
-        if point.before:
-            combination.add(self.older, point.before)
+        """θ ← θ_n + D_i (+ ``extra``), D_i = Y_i - θ_n = previous·D_{i-1} + before·D_{i-2} - h Σ a_j d_j.
+
+        The recurrence runs on displacements from θ_n (θ_n's weight is 1 - previous - before), so a
+        zero field leaves θ_n exactly and rounding scales with the step, not with θ. The two point
+        buffers trade roles: the one not holding D_{i-1} holds D_{i-2} and receives D_i.
+        """
+        if self.last is None:  # D_1 = Y_1 - θ_n, θ holding the Butcher point Y_1 (exact where they are close)
+            self.last = self.buffer("point0")
+            self.ops.axpy_into(self.last, self.params, self.theta0, -1.0)
+        target = self.buffer("point1" if self.last is self.buffer("point0") else "point0")
+        holds_older = self.older is target  # else D_{i-2} = D_0 = 0
+        if point.before and holds_older:
+            self.ops.scale_(target, point.before)
+        combination = Combination(self.ops, target, target if point.before and holds_older else None)
+        combination.add(self.last, point.previous)
         for j, a in point.directions:
             combination.add(self.directions[j], -self.h * a)
-        for x, alpha in extra:
-            combination.add(x, alpha)
         combination.materialize()
-        self.older = free
-        self.at_theta0 = False
+        self.older, self.last = self.last, target
+        self.combine_into_params(self.theta0, [(target, 1.0), *extra])
 
     def start_attempt(self) -> None:
         """Open the accumulators of one attempt at step h and add stage 1 to them."""
@@ -203,7 +221,7 @@ class GroupRun:
             self.update = Combination(self.ops, accumulator, self.theta0)  # θ_n - h Σ_{i<s} b_i d_i
         self.error = Combination(self.ops, self.buffer("error"), None) if plan.error_terms else None
         self.norms = {}
-        self.older = None
+        self.older = self.last = None
         self.accumulate(0)
 
     def accumulate(self, stage: int) -> None:

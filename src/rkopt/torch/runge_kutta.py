@@ -14,8 +14,7 @@ gradients present as one stage's (:mod:`rkopt.torch.stagewise`). Both run the sa
 from __future__ import annotations
 
 import difflib
-import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from numbers import Real
 from typing import Any
@@ -27,13 +26,14 @@ from torch.optim import Optimizer
 from rkopt.core.errors import Counters, StepInProgressError
 from rkopt.core.options import check_engine_groups, choice, flag
 from rkopt.core.plan import Method, butcher_tableau, get_method
-from rkopt.torch.checkpoint import check_state_dict, method_name
+from rkopt.torch.checkpoint import check_state_dict, hooks_withheld, method_name, run_dict_hooks
 from rkopt.torch.config import group_options, options_doc, validate_group
 from rkopt.torch.engine import StepProgram
 from rkopt.torch.planning import Planner
 from rkopt.torch.provenance import GradientWitness
 from rkopt.torch.rng import RNGSnapshot
 from rkopt.torch.stagewise import StagewiseStep
+from rkopt.torch.wrappers import refuse_skipped_micro_batches, refuse_zero_redundancy
 
 Closure = Callable[[], Any]
 
@@ -46,7 +46,10 @@ class RungeKutta(Optimizer):
 
     Args:
         params: parameters or param groups, as for any ``torch.optim`` optimizer.
-        lr: the step h (``lr_policy="fixed"``) or its cap (``"dal"``, ``"error_control"``).
+        lr: the step h (``lr_policy="fixed"``) or its cap (``"dal"``, ``"error_control"``); a float
+            or a one-element Tensor, which stays a Tensor in ``param_groups`` (as in ``torch.optim``;
+            schedulers update it in place). Required: unlike ``torch.optim.SGD`` (default 1e-3) there
+            is no default, since the stable h depends on the loss's curvature (RK4: h·λ_max <= 2.78).
         tableau: a ``ButcherTableau`` or a name from ``rkopt.TABLEAUX`` (default ``"rk4"``), or a
             Runge–Kutta–Chebyshev method ``rkopt.ChebyshevMethod(order, stages, damping)``; shared
             by all groups, since one evaluation serves every group.
@@ -56,8 +59,9 @@ class RungeKutta(Optimizer):
             stage point, and :attr:`step_complete` tells when a step is done (feed the same batch
             until then: :func:`rkopt.repeat_batches`).
         on_nonfinite: ``"raise"`` (default) restores θ_n and raises ``NonFiniteStepError`` when an
-            evaluation's loss (or, stage-wise without a loss, its gradient) or the update is not
-            finite; ``"skip"`` restores θ_n and counts the step in ``counters.skipped_steps``.
+            evaluation's loss (or, stage-wise without a loss, its gradient), the direction of a
+            stage with b_i = 0, or the update is not finite; ``"skip"`` restores θ_n and counts the
+            step in ``counters.skipped_steps``.
         keep_workspace: keep the step's work buffers between steps (faster on the CPU, where fresh
             allocations page-fault); :meth:`free_workspace` releases them.
         **options: param-group keys (defaults for every group), listed below.
@@ -74,7 +78,7 @@ class RungeKutta(Optimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        lr: float,
+        lr: float | Tensor,
         tableau: str | Method = "rk4",
         *,
         stagewise: bool = False,
@@ -82,7 +86,13 @@ class RungeKutta(Optimizer):
         keep_workspace: bool = True,
         **options: Any,
     ) -> None:
-        _refuse_zero_redundancy()
+        refuse_zero_redundancy()
+        if lr is None:
+            raise TypeError(
+                "RungeKutta needs lr, the step h of the integrator (under an adaptive lr_policy, the cap "
+                "on h); it has no default because a stable h depends on the loss's curvature (RK4 needs "
+                "h·λ_max <= 2.78): pass e.g. lr=0.1"
+            )
         self.tableau = get_method(tableau)
         choice("raise", "skip")("on_nonfinite", on_nonfinite)
         flag()("keep_workspace", keep_workspace)
@@ -153,19 +163,28 @@ class RungeKutta(Optimizer):
         self._planner.runs.clear()  # they hold the buffers
 
     def state_dict(self) -> dict[str, Any]:
+        """torch's state_dict plus ``counters`` and ``rkopt`` (the method), which the post-hooks see."""
         self._require_between_steps("state_dict()")
-        state = super().state_dict()
+        with hooks_withheld(self, "_optimizer_state_dict_post_hooks") as (post_hooks,):
+            state = super().state_dict()  # runs the pre-hooks
         state["counters"] = asdict(self.counters)
         state["rkopt"] = {"method": method_name(self.tableau)}
-        return state
+        return run_dict_hooks(post_hooks, self, state)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Check ``state_dict`` (after the pre-hooks, which get it whole) and load it; the post-hooks
+        run once everything, counters included, is loaded."""
         self._require_between_steps("load_state_dict()")
-        counters = check_state_dict(self.tableau, self.param_groups, state_dict)
-        state_dict = {k: v for k, v in state_dict.items() if k not in ("counters", "rkopt")}
-        super().load_state_dict(state_dict)
-        self.counters = counters
-        self.free_workspace()
+        tables = ("_optimizer_load_state_dict_pre_hooks", "_optimizer_load_state_dict_post_hooks")
+        with hooks_withheld(self, *tables) as (pre_hooks, post_hooks):
+            state_dict = dict(state_dict) if isinstance(state_dict, Mapping) else state_dict
+            state_dict = run_dict_hooks(pre_hooks, self, state_dict)
+            counters = check_state_dict(self.tableau, self.param_groups, state_dict)
+            super().load_state_dict({k: v for k, v in state_dict.items() if k not in ("counters", "rkopt")})
+            self.counters = counters
+            self.free_workspace()
+        for hook in list(post_hooks.values()):
+            hook(self)
 
     # -- stage-wise mode -------------------------------------------------------------------
 
@@ -222,6 +241,7 @@ class RungeKutta(Optimizer):
                 "inside its closure); the closure must only zero the gradients, compute the loss, call "
                 "backward() and return the loss"
             )
+        refuse_skipped_micro_batches(self)
         self._in_step = True
         try:
             return self._step(closure, loss)
@@ -287,15 +307,14 @@ class RungeKutta(Optimizer):
             nonlocal after_first, calls
             if calls:
                 snapshot.restore()
-                witness.mark(self.param_groups)
+            witness.mark(self.param_groups, before_step=not calls)
             self.evaluation_index = calls
             with torch.enable_grad():
                 loss = closure()
             calls += 1
             if calls == 1:
                 after_first = RNGSnapshot.capture()
-            else:
-                witness.check(f"closure call {calls} of the step")
+            witness.check(f"closure call {calls} of the step")
             if loss is None:
                 raise ValueError(
                     "the closure returned None; it must return the loss it computed and "
@@ -354,24 +373,6 @@ class RungeKutta(Optimizer):
     def _program(self) -> StepProgram:
         """The step over every group with gradients (plans and runs kept while their keys hold)."""
         return self._planner.program(self.param_groups, self.tableau, self.state, self.on_nonfinite)
-
-
-def _refuse_zero_redundancy() -> None:
-    """ZeroRedundancyOptimizer gives each rank an optimizer over its shard only, so each rank would
-    move only its shard to the stage points and every stage would see a mixed point: refuse it."""
-    frame = sys._getframe(2)
-    for _ in range(6):
-        if frame is None:
-            return
-        owner = frame.f_locals.get("self")
-        if type(owner).__name__ == "ZeroRedundancyOptimizer":
-            raise TypeError(
-                "rkopt optimizers cannot run inside torch.distributed.optim.ZeroRedundancyOptimizer: "
-                "each rank would move only its own parameter shard to the Runge–Kutta stage points, so "
-                "every stage would evaluate the gradient at a point no method defines. Shard with FSDP2 "
-                "(torch.distributed.fsdp.fully_shard), which rkopt supports, or use DDP"
-            )
-        frame = frame.f_back
 
 
 RungeKutta.__doc__ += "\n" + options_doc(group_options())
