@@ -39,13 +39,14 @@ def _tableau_name(name: str) -> str | None:
 
 def canonical_optimizer(name: str) -> str:
     """The canonical name of optimizer ``name`` (tableau aliases resolve); unknown names raise ConfigError."""
-    if name in BASELINES or name in rkopt.PRESETS:
+    if name in BASELINES or name in rkopt.PRESETS or name in rkopt.CHEBYSHEV_PRESETS:
         return name
     tableau = _tableau_name(name)
     if tableau is None:
         raise ConfigError(
             f"--optimizer: unknown optimizer {name!r}; valid: baselines {', '.join(BASELINES)}; "
-            f"rkopt presets {', '.join(rkopt.PRESETS)}; or any tableau ({', '.join(rkopt.TABLEAUX)}) "
+            f"rkopt presets {', '.join([*rkopt.PRESETS, *rkopt.CHEBYSHEV_PRESETS])}; "
+            f"or any tableau ({', '.join(rkopt.TABLEAUX)}) "
             "(`rkopt list optimizers` describes them)"
         )
     return tableau
@@ -56,6 +57,11 @@ def optimizer_catalog() -> dict[str, str]:
     catalog = {name: description for name, (_, _, description) in BASELINES.items()}
     for name, settings in rkopt.PRESETS.items():
         catalog[name] = "rkopt preset: " + ", ".join(f"{k}={v}" for k, v in settings.items())
+    for name, order in rkopt.CHEBYSHEV_PRESETS.items():
+        catalog[name] = (
+            f"rkopt preset: Runge–Kutta–Chebyshev of order {order}, stages chosen each step from the "
+            "spectral radius (--opt-arg stages=s fixes s)"
+        )
     for name, tableau in rkopt.TABLEAUX.items():
         if name not in catalog:
             catalog[name] = (
@@ -79,7 +85,7 @@ def build_optimizer(
     if name in BASELINES:
         cls, defaults, _ = BASELINES[name]
         make, options = cls, {**defaults, **options}
-    elif name in rkopt.PRESETS:
+    elif name in rkopt.PRESETS or name in rkopt.CHEBYSHEV_PRESETS:
         make = functools.partial(rkopt.preset, name)
     else:
         make, options = rkopt.RungeKutta, {"tableau": name, **options}

@@ -18,6 +18,7 @@ from rkopt.core.policies import (
     get_policy,
     register_policy,
 )
+from rkopt.core.spectral import AutoChebyshev, AutoStages
 from rkopt.core.tableau import ButcherTableau
 from rkopt.core.tableaux import ALIASES, TABLEAUX, get_tableau
 
@@ -26,6 +27,8 @@ __all__ = [
     "POLICIES",
     "TABLEAUX",
     "Attempt",
+    "AutoChebyshev",
+    "AutoStages",
     "ButcherTableau",
     "ChebyshevMethod",
     "DriftAdjusted",

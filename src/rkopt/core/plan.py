@@ -27,11 +27,13 @@ from typing import Literal
 
 from rkopt.core.chebyshev import ChebyshevMethod
 from rkopt.core.policies import PolicyNeeds
+from rkopt.core.spectral import AutoChebyshev
 from rkopt.core.tableau import ButcherTableau, interval_slots
 from rkopt.core.tableaux import get_tableau
 
-Method = ButcherTableau | ChebyshevMethod
-"""A solver: a Butcher tableau, or a Runge–Kutta–Chebyshev method."""
+Method = ButcherTableau | ChebyshevMethod | AutoChebyshev
+"""A solver: a Butcher tableau, a Runge–Kutta–Chebyshev method, or one whose stage count is chosen
+each step (:class:`~rkopt.core.spectral.AutoChebyshev`)."""
 
 Terms = tuple[tuple[int, float], ...]
 """(stage j, coefficient) pairs with a nonzero coefficient."""
@@ -65,7 +67,10 @@ class StagePoint:
 
 
 def butcher_tableau(method: Method) -> ButcherTableau:
-    """The tableau of ``method`` (a Chebyshev method's equivalent one)."""
+    """The tableau of ``method`` (a Chebyshev method's equivalent one; for an automatic stage count,
+    that of the method a step starts with)."""
+    if isinstance(method, AutoChebyshev):
+        method = method.provisional
     return method if isinstance(method, ButcherTableau) else _equivalent_tableau(method)
 
 
@@ -76,7 +81,7 @@ def _equivalent_tableau(method: ChebyshevMethod) -> ButcherTableau:
 
 def get_method(method: str | Method) -> Method:
     """A Chebyshev method as it is, else the tableau ``get_tableau`` finds."""
-    return method if isinstance(method, ChebyshevMethod) else get_tableau(method)
+    return method if isinstance(method, (ChebyshevMethod, AutoChebyshev)) else get_tableau(method)
 
 
 def _chebyshev_points(method: ChebyshevMethod) -> tuple[StagePoint, ...]:

@@ -21,6 +21,7 @@ from rkopt.core.options import choice
 from rkopt.core.plan import Method, StepPlan, butcher_tableau, get_method
 from rkopt.core.policies import get_policy
 from rkopt.core.presets import CHEBYSHEV_PRESETS, PRESETS
+from rkopt.core.spectral import AutoChebyshev, AutoStages
 from rkopt.optax.config import configure
 from rkopt.optax.numeric import JAX_MATH
 from rkopt.optax.preconditioners import get_preconditioner
@@ -91,6 +92,11 @@ def runge_kutta(
     """
     options = _unbound(options, "options")
     method = get_method(tableau)
+    if isinstance(method, AutoChebyshev):
+        raise ValueError(
+            "tableau: rkopt.optax cannot choose the stage count per step (a jitted update has a fixed "
+            "shape); pass rkopt.ChebyshevMethod(order, stages) with a fixed s"
+        )
     choice("raise", "skip")("on_nonfinite", on_nonfinite)
     group0 = configure(learning_rate, method, options)
     tableau_ = butcher_tableau(method)
@@ -219,6 +225,10 @@ def preset(
         raise TypeError(f"stages and damping configure the rkc presets, not {name!r}")
     if order is None:
         return runge_kutta(learning_rate, **{**PRESETS[name], **overrides})
-    if stages is None:
-        raise ValueError(f"preset {name!r} needs stages=s, the number of evaluations per step")
+    if stages is None or isinstance(stages, AutoStages):
+        raise ValueError(
+            f"preset {name!r} in rkopt.optax needs stages=s, the number of evaluations per step: the "
+            "automatic stage count of the torch binding changes the shape of the step, which a jitted "
+            "update cannot do"
+        )
     return runge_kutta(learning_rate, tableau=ChebyshevMethod(order, stages, damping), **overrides)

@@ -20,13 +20,18 @@ from torch import Tensor
 
 from rkopt.core.plan import GroupPlan, Method, StepPlan, butcher_tableau, get_method
 from rkopt.core.policies import PolicyNeeds, StepSizePolicy, get_policy
+from rkopt.core.spectral import AutoChebyshev
 from rkopt.torch._ops import list_ops
 from rkopt.torch.config import group_options
 from rkopt.torch.engine import StepProgram
 from rkopt.torch.field import VectorField
 from rkopt.torch.group_run import GroupRun
 from rkopt.torch.preconditioners import get_preconditioner
+from rkopt.torch.stage_count import StageCount
 from rkopt.torch.update_rules import UpdateRule, update_rule
+
+SPECTRAL_PROBES = PolicyNeeds(probes=True)
+"""What an automatic stage count needs of every plan: d_1 kept past the estimate's evaluations."""
 
 
 def step_plan(method: Method, groups: Sequence[Mapping[str, Any]], needs: Sequence[PolicyNeeds]) -> StepPlan:
@@ -40,14 +45,20 @@ def group_parts(
     """A group's plan, vector field and update rule (``probes``: some policy in use probes)."""
     field = VectorField(group, get_preconditioner(group["preconditioner"]), plan.igr)
     rule = update_rule(group)
-    group_plan = plan.group(
+    return group_plan(plan, need, probes, field, rule), field, rule
+
+
+def group_plan(
+    plan: StepPlan, need: PolicyNeeds, probes: bool, field: VectorField, rule: UpdateRule
+) -> GroupPlan:
+    """A group's part of ``plan``, given its field and update rule."""
+    return plan.group(
         sums_directions=rule.sums_directions,
         error_estimate=need.error_estimate,
         identity_field=field.identity,
         statistics=field.statistics,
         probes=probes,
     )
-    return group_plan, field, rule
 
 
 def describe(tableau: str | Method = "rk4", **options: Any) -> GroupPlan:
@@ -99,8 +110,10 @@ class Planner:
     def __init__(self, workspace: dict[Tensor, dict[str, Tensor]]) -> None:
         self.workspace = workspace
         self.runs: dict[int, GroupRun] = {}  # param group index -> its run
-        self.plans: dict[tuple, StepPlan] = {}
+        self.plans: dict[tuple, StepPlan] = {}  # of self.method, by (s, igr, *needs)
+        self.method: Method | None = None
         self.policies: dict[str, StepSizePolicy] = {}
+        self.group_plans: dict[tuple, GroupPlan] = {}  # (run key, s) -> a run's plan of s stages
 
     def policy(self, name: str) -> StepSizePolicy:
         policy = self.policies.get(name)
@@ -118,12 +131,9 @@ class Planner:
         """The step over every group with gradients."""
         tableau = butcher_tableau(method)
         needs = [self.policy(group["lr_policy"]).needs(group, tableau) for group in groups]
-        key = (id(method), any(group["igr"] > 0 for group in groups), *needs)
-        plan = self.plans.get(key)
-        if plan is None or plan.method is not method:
-            self.plans.clear()
-            plan = self.plans[key] = step_plan(method, groups, needs)
-        probes = any(need.probes for need in needs)
+        auto = isinstance(method, AutoChebyshev)
+        plan = self.plan(method, None, groups, needs)
+        probes = auto or any(need.probes for need in needs)
         plan_keys = group_options().plan_keys
         runs, by_policy = [], {}
         for index, (group, need) in enumerate(zip(groups, needs, strict=True)):
@@ -142,4 +152,42 @@ class Planner:
             runs.append(run)
             by_policy.setdefault(group["lr_policy"], []).append(run)
         policies = [(self.policy(name), members) for name, members in by_policy.items()]
-        return StepProgram(runs, plan, policies, on_nonfinite)
+        stage_count = None
+        if auto:
+            stage_count = StageCount(
+                method, lambda stages: self.plan(method, stages, groups, needs), self.group_plan_for, state
+            )
+        return StepProgram(runs, plan, policies, on_nonfinite, stage_count)
+
+    def plan(
+        self,
+        method: Method,
+        stages: int | None,
+        groups: Sequence[Mapping[str, Any]],
+        needs: list[PolicyNeeds],
+    ) -> StepPlan:
+        """The shared plan of ``method`` (of its s-stage method for an automatic stage count: the
+        method a step starts with when ``stages`` is None), kept while the method and needs hold."""
+        if method is not self.method:
+            self.plans.clear()
+            self.method = method
+        key = (stages, any(group["igr"] > 0 for group in groups), *needs)
+        plan = self.plans.get(key)
+        if plan is None:
+            if isinstance(method, AutoChebyshev):
+                needs = [*needs, SPECTRAL_PROBES]
+                method = method.provisional if stages is None else method.method(stages)
+            plan = step_plan(method, groups, needs)
+            if len(self.plans) < 64:  # never dropped: a run's key holds its plan's id
+                self.plans[key] = plan
+        return plan
+
+    def group_plan_for(self, run: GroupRun, plan: StepPlan) -> GroupPlan:
+        """``run``'s part of ``plan`` (one of the s-stage plans of an automatic stage count)."""
+        key = (run.key, plan.stages)
+        cached = self.group_plans.get(key)
+        if cached is None or cached.step is not plan:
+            if len(self.group_plans) > 256:
+                self.group_plans.clear()
+            cached = self.group_plans[key] = group_plan(plan, run.needs, True, run.field, run.rule)
+        return cached
