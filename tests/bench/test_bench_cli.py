@@ -217,17 +217,20 @@ def test_main_config_compares_rk4_variants_with_adam_on_two_offline_workloads():
     assert len(all_runs(configs)) == 2 * 4 * 3 * 2 * 2
 
 
-def test_study_config_covers_every_workload_optimizer_and_preset():
-    configs = sweep_configs(load_toml(CONFIGS / "study.toml"))
+@pytest.mark.parametrize(("name", "seeds"), [("study.toml", 2), ("study-laptop.toml", 1)])
+def test_study_config_covers_every_workload_optimizer_and_preset(name, seeds):
+    configs = sweep_configs(load_toml(CONFIGS / name))
     offline = {"mlp-mnist5k", "mlp-digits", "mlp-mnist1d", "cnn-bn", "charlm"}
     assert {w for config in configs for w in config.workloads} == offline
+    every = set(BASELINES) | set(rkopt.PRESETS) | set(rkopt.CHEBYSHEV_PRESETS)
+    assert {w for config in configs if set(config.optimizers) == every for w in config.workloads} == offline
     for config in configs:
-        assert set(config.optimizers) == set(BASELINES) | set(rkopt.PRESETS)
         assert len(config.batch_sizes) == 2 and config.batch_sizes[0] < config.batch_sizes[1]
-        assert len(config.seeds) >= 2 and config.lr_extend
+        assert len(config.seeds) >= seeds and config.lr_extend
         assert all(len(config.lrs[name]) >= 3 for name in config.optimizers)
     assert any("fresh" in config.stage_batches for config in configs)  # the stage-batches ablation
-    assert configs[3].workload_options["cnn-bn"]["dataset"] == "mnist5k"  # offline
+    cnn = next(config for config in configs if "cnn-bn" in config.workloads)
+    assert cnn.workload_options["cnn-bn"]["dataset"] == "mnist5k"  # offline
     budgets = {config.workloads[0]: config.budget.max_grad_evals for config in configs}
     assert budgets["mlp-mnist1d"] != budgets["mlp-digits"]  # per-workload budgets
 
