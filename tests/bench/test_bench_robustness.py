@@ -136,6 +136,8 @@ def _start_slow_sweep(out: Path) -> tuple[subprocess.Popen[str], set[int]]:
         [sys.executable, "-m", "rkopt.cli", "sweep", *args, "--workers", "2", "--out", str(out), "--quiet"],
         stderr=subprocess.PIPE,
         text=True,
+        # as from a terminal: a test run in the background inherits SIGINT ignored, and so would it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     _wait_for(lambda: len(list(out.glob(f"runs/*/{METRICS}.partial"))) == 2, 180, "both runs to start")
     workers = _children(sweep.pid)
