@@ -19,6 +19,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from PIL import Image
+
 from rkopt.bench.records import read_results
 from rkopt.bench.report import write_report
 
@@ -75,6 +77,8 @@ def main() -> None:
     body = body.replace("](", f"]({figures.name}/").replace("# rkopt benchmark report\n", "", 1)
     for name in INCLUDED:
         (figures / name).unlink(missing_ok=True)
+    for figure in figures.glob("*.png"):  # 256-colour palettes: a third of the size, for the repository
+        Image.open(figure).convert("RGB").quantize(256).save(figure, optimize=True)
     runs, _ = read_results(args.results_dir)
     page = [
         "# The study: every offline workload, every optimizer",
