@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+import rkopt
+
 
 def make_mlp(seed: int = 0, dtype: torch.dtype = torch.float32, dropout: float = 0.0) -> nn.Module:
     torch.manual_seed(seed)
@@ -48,3 +50,24 @@ def quadratic_closure(theta: torch.Tensor, optimizer: torch.optim.Optimizer, q: 
         return loss
 
     return closure
+
+
+def train_both_modes(make_optimizer, steps: int, dtype: torch.dtype = torch.float64):
+    """(model, optimizer) after ``steps`` steps on one batch of a dropout MLP, in closure mode and in
+    stage-wise mode (``make_optimizer(params, stagewise)``), from the same seeds."""
+    x, y = make_data(dtype=dtype)
+    trained = []
+    for stagewise in (False, True):
+        model = make_mlp(dtype=dtype, dropout=0.2)
+        optimizer = make_optimizer(model.parameters(), stagewise)
+        torch.manual_seed(3)
+        for _ in range(steps):
+            if stagewise:
+                for xb, yb in rkopt.repeat_batches([(x, y)], optimizer):
+                    optimizer.zero_grad()
+                    nn.functional.cross_entropy(model(xb), yb).backward()
+                    optimizer.step()
+            else:
+                optimizer.step(make_closure(model, optimizer, x, y))
+        trained.append((model, optimizer))
+    return trained

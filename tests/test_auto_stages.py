@@ -21,7 +21,7 @@ from rkopt.core.chebyshev import ChebyshevMethod
 from rkopt.core.spectral import AutoChebyshev, AutoStages
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from support import flat, make_closure, make_data, make_mlp, quadratic_closure
+from support import flat, make_closure, make_data, make_mlp, quadratic_closure, train_both_modes
 from test_reference_trajectories import FOREACH
 
 DTYPE = torch.float64
@@ -219,29 +219,14 @@ def test_a_failed_step_leaves_parameters_state_groups_and_counters_as_they_were(
 
 
 def test_stagewise_training_matches_closure_training():
-    x, y = make_data(dtype=DTYPE)
-    results = []
-    for stagewise in (False, True):
-        model = make_mlp(dtype=DTYPE, dropout=0.2)
-        optimizer = rkopt.preset(
-            "rkc2",
-            model.parameters(),
-            lr=0.5,
-            lr_policy="dal",
-            stagewise=stagewise,
-            stages=AutoStages(refresh_every=2),
-        )
-        torch.manual_seed(3)
-        for _ in range(4):
-            if stagewise:
-                for xb, yb in rkopt.repeat_batches([(x, y)], optimizer):
-                    optimizer.zero_grad()
-                    nn.functional.cross_entropy(model(xb), yb).backward()
-                    optimizer.step()
-            else:
-                optimizer.step(make_closure(model, optimizer, x, y))
-        group = optimizer.param_groups[0]
-        results.append((flat(model), optimizer.counters, group["h"], group["stages"]))
+    def make(params, stagewise):
+        auto = AutoStages(refresh_every=2)
+        return rkopt.preset("rkc2", params, lr=0.5, lr_policy="dal", stagewise=stagewise, stages=auto)
+
+    results = [
+        (flat(model), opt.counters, opt.param_groups[0]["h"], opt.param_groups[0]["stages"])
+        for model, opt in train_both_modes(make, 4)
+    ]
     assert torch.equal(results[0][0], results[1][0]) and results[0][1:] == results[1][1:]
 
 

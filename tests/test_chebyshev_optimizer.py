@@ -15,7 +15,7 @@ from torch import nn
 import rkopt
 from rkopt.core.chebyshev import ChebyshevMethod
 from rkopt.torch.planning import describe
-from support import flat, make_closure, make_data, make_mlp, quadratic_closure
+from support import flat, make_closure, make_data, make_mlp, quadratic_closure, train_both_modes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_reference_trajectories import FOREACH, Pair, compare_run
@@ -103,23 +103,12 @@ def test_trajectory_matches_the_reference_run_with_the_equivalent_tableau(
 
 
 def test_stagewise_training_matches_closure_training():
-    x, y = make_data(dtype=DTYPE)
-    results = []
-    for stagewise in (False, True):
-        model = make_mlp(dtype=DTYPE, dropout=0.2)
-        optimizer = rkopt.preset(
-            "rkc2", model.parameters(), lr=0.5, stages=5, lr_policy="dal", stagewise=stagewise
-        )
-        torch.manual_seed(3)
-        for _ in range(3):
-            if stagewise:
-                for xb, yb in rkopt.repeat_batches([(x, y)], optimizer):
-                    optimizer.zero_grad()
-                    nn.functional.cross_entropy(model(xb), yb).backward()
-                    optimizer.step()
-            else:
-                optimizer.step(make_closure(model, optimizer, x, y))
-        results.append((flat(model), optimizer.counters, optimizer.param_groups[0]["h"]))
+    def make(params, stagewise):
+        return rkopt.preset("rkc2", params, lr=0.5, stages=5, lr_policy="dal", stagewise=stagewise)
+
+    results = [
+        (flat(model), opt.counters, opt.param_groups[0]["h"]) for model, opt in train_both_modes(make, 3)
+    ]
     assert torch.equal(results[0][0], results[1][0]) and results[0][1:] == results[1][1:]
 
 

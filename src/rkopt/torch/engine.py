@@ -256,15 +256,8 @@ class StepProgram:
         if not math.isfinite(direction_sq):
             self.losses.append(math.nan)  # d_1 is not finite: the step fails as non-finite
             return ProbeResult(request.eps, direction_sq, math.nan)
-        norm = math.sqrt(direction_sq)
-        for run in probing:
-            run.displace(run.directions[0], -request.eps / norm)
-        try:
-            self.losses.append((yield "probe"))
-            probes = yield from self.record(probing, None)
-        finally:
-            for run in probing:
-                run.restore_theta0()
+        first = [run.directions[0] for run in probing]
+        probes = yield from self.evaluate_displaced(probing, first, -request.eps / math.sqrt(direction_sq))
         difference_sq = sum(
             float(run.ops.sum_squared_difference(d, run.directions[0]))
             for run, d in zip(probing, probes, strict=True)
@@ -272,6 +265,20 @@ class StepProgram:
         if not math.isfinite(difference_sq):
             self.losses.append(math.nan)  # the probe's gradient is not finite: so is the step
         return ProbeResult(request.eps, direction_sq, difference_sq)
+
+    def evaluate_displaced(
+        self, targets: Sequence[GroupRun], vectors: Sequence[Any], alpha: float
+    ) -> Program:
+        """The targets' directions at θ_n + α·v (one ``"probe"`` evaluation, its loss counted with the
+        step's); the targets are back at θ_n afterwards, however the evaluation ends."""
+        for run, vector in zip(targets, vectors, strict=True):
+            run.displace(vector, alpha)
+        try:
+            self.losses.append((yield "probe"))
+            return (yield from self.record(targets, None))
+        finally:
+            for run in targets:
+                run.restore_theta0()
 
     def report(
         self, policy: StepSizePolicy, members: Sequence[GroupRun], index: int, candidate_loss: float | None

@@ -178,9 +178,6 @@ class GroupRun:
 
     def move_to_point(self, point: StagePoint, extra: list[tuple[Tensors, float]]) -> None:
         """θ ← ``point`` (+ the ``extra`` terms)."""
-        if point.recurrent and self.h == 0.0:
-            self.restore_theta0()  # h = 0: every point is θ_n, which the weights give only up to rounding
-            return
         if point.recurrent:
             self.move_to_recurrent_point(point, extra)
             return

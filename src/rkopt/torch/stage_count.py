@@ -32,7 +32,9 @@ class StepProgram(Protocol):
     runs: list[GroupRun]
     losses: Any
 
-    def record(self, targets: Sequence[GroupRun], stage: int | None) -> Program: ...
+    def evaluate_displaced(
+        self, targets: Sequence[GroupRun], vectors: Sequence[Any], alpha: float
+    ) -> Program: ...
 
     def rebind(self, plan: StepPlan, group_plans: Sequence[GroupPlan]) -> None: ...
 
@@ -91,15 +93,7 @@ class StageCount:
                 return _nonfinite(program)
             if norm_sq == 0.0:
                 return 0.0 if rho is None else rho  # d_1 = 0, or J v̂ = 0: nothing more to measure
-            norm = math.sqrt(norm_sq)
-            for run, v in zip(runs, vectors, strict=True):
-                run.displace(v, -auto.fd_eps / norm)
-            try:
-                program.losses.append((yield "probe"))
-                probes = yield from program.record(runs, None)
-            finally:
-                for run in runs:
-                    run.restore_theta0()
+            probes = yield from program.evaluate_displaced(runs, vectors, -auto.fd_eps / math.sqrt(norm_sq))
             vectors = [_difference(run, d, auto.fd_eps) for run, d in zip(runs, probes, strict=True)]
             self.eigenvectors = vectors
             estimate = math.sqrt(
