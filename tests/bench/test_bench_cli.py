@@ -217,7 +217,7 @@ def test_main_config_compares_rk4_variants_with_adam_on_two_offline_workloads():
     assert len(all_runs(configs)) == 2 * 4 * 3 * 2 * 2
 
 
-@pytest.mark.parametrize(("name", "seeds"), [("study.toml", 2), ("study-laptop.toml", 1)])
+@pytest.mark.parametrize(("name", "seeds"), [("study.toml", 3), ("study-laptop.toml", 2)])
 def test_study_config_covers_every_workload_optimizer_and_preset(name, seeds):
     configs = sweep_configs(load_toml(CONFIGS / name))
     offline = {"mlp-mnist5k", "mlp-digits", "mlp-mnist1d", "cnn-bn", "charlm"}

@@ -566,3 +566,77 @@ def performance_profiles(comparisons: dict[ComparisonKey, list[Variant]], x_key:
         for label in labels:
             ratios[label].append(times.get(label, math.inf) / best)
     return PerformanceProfile(x_key, problems, ratios, unsolved)
+
+
+# -- the best rkopt method against the best baseline ---------------------------------------------
+
+
+def seed_outcomes(variant: Variant, quantity: str) -> list[float]:
+    """One value per seed of the selected lr, oriented so that smaller is better.
+
+    ``quantity`` ``"final"``: the final test metric (negated when higher is better; a diverged seed is
+    +inf); ``"grad_evals"`` or ``"time"``: that count at the first measurement meeting the target
+    (+inf for a seed that never did).
+    """
+    if quantity == "final":
+        sign = -1.0 if variant.higher_is_better else 1.0
+        values = [final_value(run, "test") for run in variant.runs]
+        return [math.inf if v is None else sign * v for v in values]
+    if variant.target is None:
+        return [math.inf] * len(variant.runs)
+    reached = [first_reaching(run, variant.target) for run in variant.runs]
+    return [math.inf if m is None else float(m[quantity]) for m in reached]
+
+
+def seed_verdict(first: Sequence[float], second: Sequence[float]) -> str:
+    """Which of two seed samples (smaller is better) is ahead *beyond seed spread*, i.e. with every one of
+    its seeds better than every seed of the other: ``"first"``, ``"second"``, ``"within"`` (the ranges
+    overlap or touch) or ``"neither"`` (no finite value on either side)."""
+    if not any(map(math.isfinite, first)) and not any(map(math.isfinite, second)):
+        return "neither"
+    if max(first) < min(second):
+        return "first"
+    if max(second) < min(first):
+        return "second"
+    return "within"
+
+
+@dataclass(frozen=True)
+class HeadToHead:
+    """On one problem, the best rkopt method and the best baseline, each chosen like the learning rate
+    (validation score, then validation loss, then label), compared seed by seed on the test set."""
+
+    comparison: ComparisonKey
+    rkopt: Variant
+    baseline: Variant
+
+    def verdict(self, quantity: str) -> str:
+        """``"rkopt"``, ``"baseline"``, ``"within"`` (seed spread) or ``"neither"`` on ``quantity``
+        (see :func:`seed_outcomes`)."""
+        verdict = seed_verdict(seed_outcomes(self.rkopt, quantity), seed_outcomes(self.baseline, quantity))
+        return {"first": "rkopt", "second": "baseline"}.get(verdict, verdict)
+
+
+def _best_by_validation(members: Sequence[Variant]) -> Variant:
+    def key(v: Variant) -> tuple[float, float, str]:
+        score = v.score if v.higher_is_better else -v.score
+        return (-score, v.best.loss_score(), v.label)
+
+    return min(members, key=key)
+
+
+def head_to_heads(
+    comparisons: dict[ComparisonKey, list[Variant]],
+    baselines: Iterable[str],
+    left_out: Iterable[str] = (),
+) -> list[HeadToHead]:
+    """Per comparison that has both, the best rkopt method against the best of ``baselines`` (optimizer
+    names), in comparison order; the optimizers named in ``left_out`` are on neither side."""
+    names, excluded = set(baselines), set(left_out)
+    out = []
+    for key, members in comparisons.items():
+        base = [v for v in members if v.optimizer in names]
+        ours = [v for v in members if v.optimizer not in names | excluded]
+        if base and ours:
+            out.append(HeadToHead(key, _best_by_validation(ours), _best_by_validation(base)))
+    return out

@@ -1,12 +1,15 @@
 """``rkopt report``: Markdown tables, a JSON summary and PNG figures for a results directory.
 
 Files (in ``RESULTS/report`` by default): ``report.md`` (headline and lr tables per workload × batch
-size, selection flags, the torch and JAX backends side by side when both ran, performance profiles,
-figures, notes), ``summary.json`` (one entry per variant: selected lr, scores, runner-up, grid-edge
-flag, robustness, backend, ...), ``readme_table.md`` (the result table in the README's format,
-:func:`render_readme_table`; :func:`check_readme_table` checks a text against it),
-``performance_profile.md``, ``skipped_runs.json`` (finished runs left out because their records are
-damaged, each with its path and the reason; also a section of ``report.md``) and the figures below.
+size, selection flags, the best rkopt method against the best baseline, the torch and JAX backends
+side by side when both ran, performance profiles, figures, notes), ``summary.json`` (one entry per
+variant: selected lr, scores, runner-up, grid-edge flag, robustness, backend, ...),
+``readme_table.md`` (the result table in the README's format, :func:`render_readme_table`;
+:func:`check_readme_table` checks a text against it), ``performance_profile.md``,
+``head_to_head.json`` (per problem, the best rkopt method against the best baseline, seed by seed,
+with the verdicts of :class:`rkopt.bench.analysis.HeadToHead`), ``skipped_runs.json`` (finished runs
+left out because their records are damaged, each with its path and the reason; also a section of
+``report.md``) and the figures below.
 Every file is written to a temporary file renamed over the old one: a symlink planted in the report
 directory is replaced, never written through.
 
@@ -43,16 +46,22 @@ from rkopt.bench.analysis import (
     PROFILE_TAUS,
     BackendComparison,
     ComparisonKey,
+    HeadToHead,
     PerformanceProfile,
     Stat,
     Variant,
     backend_comparisons,
     equal_budgets,
+    final_value,
+    first_reaching,
+    head_to_heads,
     performance_profiles,
+    seed_outcomes,
     variants,
 )
 from rkopt.bench.backends import BACKENDS
 from rkopt.bench.errors import ConfigError
+from rkopt.bench.optimizers import BASELINES
 from rkopt.bench.records import (
     RunRecord,
     SkippedRun,
@@ -64,6 +73,9 @@ from rkopt.bench.records import (
 
 REPORT_DIR = "report"
 SKIPPED_RUNS_FILE = "skipped_runs.json"
+HEAD_TO_HEAD_FILE = "head_to_head.json"
+SAME_AS_A_BASELINE = ("euler",)
+"""rkopt presets whose update is a baseline's (Euler's step is SGD's): on neither side of the head-to-head."""
 FIGURE1_OPTIMIZERS = ("rk4", "adam")
 ACCURACY_ZOOM = 0.25
 """Accuracy axes start this far below the target."""
@@ -868,6 +880,107 @@ def _backend_section(comparisons: dict[ComparisonKey, list[Variant]]) -> list[st
     ]
 
 
+def _seed_cells(variant: Variant, x_key: str | None) -> str:
+    """Per seed: the final test metric (``x_key`` None; ✗ diverged) or ``x_key`` to target (– not reached)."""
+    if x_key is None:
+        values = [final_value(run, "test") for run in variant.runs]
+        return ", ".join("✗" if v is None else f"{v:.4g}" for v in values)
+    reached = [
+        first_reaching(run, variant.target) if variant.target is not None else None for run in variant.runs
+    ]
+    return ", ".join("–" if m is None else f"{m[x_key]:.4g}" for m in reached)
+
+
+VERDICT_TEXT = {
+    "rkopt": "rkopt ahead",
+    "baseline": "baseline ahead",
+    "within": "within seed spread",
+    "neither": "neither reached",
+}
+
+
+def _head_to_head_json(pairs: Sequence[HeadToHead]) -> list[dict[str, Any]]:
+    def side(v: Variant) -> dict[str, Any]:
+        return {
+            "optimizer": v.label,
+            "lr": v.best.lr,
+            "final_test": [final_value(run, "test") for run in v.runs],
+            "grad_evals_to_target": [
+                None if not math.isfinite(x) else x for x in seed_outcomes(v, "grad_evals")
+            ],
+        }
+
+    return [
+        {
+            "workload": pair.comparison.workload,
+            "batch_size": pair.comparison.batch_size,
+            "budget": pair.comparison.budget,
+            "metric": pair.rkopt.metric,
+            "target": pair.rkopt.target,
+            "rkopt": side(pair.rkopt),
+            "baseline": side(pair.baseline),
+            "verdict_final_test": pair.verdict("final"),
+            "verdict_grad_evals_to_target": pair.verdict("grad_evals"),
+        }
+        for pair in pairs
+    ]
+
+
+def _head_to_head_section(pairs: Sequence[HeadToHead]) -> list[str]:
+    """The best rkopt method against the best baseline per problem, seed by seed (none: no section)."""
+    if not pairs:
+        return []
+    rows = [
+        [
+            pair.comparison.workload,
+            str(pair.comparison.batch_size),
+            f"`{pair.baseline.label}` {format_lr(pair.baseline.best.lr)}",
+            _seed_cells(pair.baseline, None),
+            f"`{pair.rkopt.label}` {format_lr(pair.rkopt.best.lr)}",
+            _seed_cells(pair.rkopt, None),
+            VERDICT_TEXT[pair.verdict("final")],
+            _seed_cells(pair.baseline, "grad_evals"),
+            _seed_cells(pair.rkopt, "grad_evals"),
+            VERDICT_TEXT[pair.verdict("grad_evals")],
+        ]
+        for pair in pairs
+    ]
+    header = [
+        "workload",
+        "batch",
+        "best baseline, lr",
+        "final test per seed",
+        "best rkopt method, lr",
+        "final test per seed",
+        "final test",
+        "baseline: grad evals to target per seed",
+        "rkopt: grad evals to target per seed",
+        "grad evals to target",
+    ]
+    counts = {name: sum(pair.verdict("final") == name for pair in pairs) for name in VERDICT_TEXT}
+    seeds = sorted({len(v.runs) for pair in pairs for v in (pair.rkopt, pair.baseline)})
+    return [
+        "## The best rkopt method against the best baseline",
+        "",
+        "Per problem, the rkopt method and the baseline ("
+        + ", ".join(f"`{b}`" for b in BASELINES)
+        + ") with the best validation score (chosen like the lr; "
+        + ", ".join(f"`{name}`" for name in SAME_AS_A_BASELINE)
+        + " is on neither side: its update is SGD's), at their selected lr, seed by seed on the "
+        "test set. *Ahead*: every seed of one is better than every seed of the other; otherwise the "
+        "difference is *within seed spread*. With "
+        + "/".join(map(str, seeds))
+        + " seed(s) this says a difference exceeds the spread of the seeds that ran, not that it is "
+        "statistically significant.",
+        "",
+        f"On the final test metric: rkopt ahead on {counts['rkopt']} of {len(pairs)} problems, the baseline "
+        f"ahead on {counts['baseline']}, within seed spread on {counts['within']}.",
+        "",
+        *_markdown_table(header, rows),
+        "",
+    ]
+
+
 def _skipped_section(skipped: Sequence[SkippedRun]) -> list[str]:
     """The finished runs left out of the report because their records are damaged (none: no section)."""
     if not skipped:
@@ -902,6 +1015,7 @@ def write_report(results_dir: Path, out_dir: Path | None = None, robustness: flo
     out_dir.mkdir(parents=True, exist_ok=True)
     comparisons = variants(runs, robustness)
     profiles = [performance_profiles(comparisons, "grad_evals"), performance_profiles(comparisons, "time")]
+    pairs = head_to_heads(comparisons, BASELINES, left_out=SAME_AS_A_BASELINE)
     figures = {
         "Test metric vs gradient evaluations": plot_curves(
             comparisons, "grad_evals", "gradient evaluations", out_dir / "metric_vs_grad_evals.png"
@@ -928,6 +1042,7 @@ def write_report(results_dir: Path, out_dir: Path | None = None, robustness: flo
         "",
         render_readme_table(comparisons),
         *_selection_flags(comparisons),
+        *_head_to_head_section(pairs),
         *_backend_section(comparisons),
     ]
     for key, members in comparisons.items():
@@ -968,6 +1083,7 @@ def write_report(results_dir: Path, out_dir: Path | None = None, robustness: flo
     write_text_atomic(readme, render_readme_table(comparisons))
     profile_md = out_dir / "performance_profile.md"
     write_text_atomic(profile_md, "\n".join(["# Performance profiles", "", *profile_tables(profiles)]) + "\n")
+    write_json_atomic(out_dir / HEAD_TO_HEAD_FILE, _head_to_head_json(pairs))
     write_json_atomic(
         out_dir / SKIPPED_RUNS_FILE, [{"path": str(run.path), "reason": run.reason} for run in skipped]
     )
