@@ -280,7 +280,7 @@ def _train(args: argparse.Namespace) -> int:
         )
     out = _out(settings)
     environment = Environment.from_settings(settings)
-    check_device_available(environment.device)
+    check_device_available(environment.device, [runs[0].backend])
     outcome = execute_run(runs[0], out, environment, progress=not settings.get("quiet"))
     final = outcome.final
     scores = ", ".join(f"{k} {v:.4g}" for k, v in sorted(final.items()) if k.startswith(("val_", "test_")))
@@ -311,9 +311,9 @@ def _sweep(args: argparse.Namespace) -> int:
     workers = _workers(settings)
     out = _out(settings)
     environment = Environment.from_settings(settings)
-    if executor == "local":
-        check_device_available(environment.device)
     runs = all_runs(configs)
+    if executor == "local":
+        check_device_available(environment.device, {run.backend for run in runs})
     if settings.get("dry_run"):
         for run in runs:
             print(f"{'finished' if is_finished(run_directory(out, run)) else 'pending '} {run.run_id}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 
@@ -19,6 +20,8 @@ from rkopt.cli import main
 
 pytest.importorskip("jax")
 pytest.importorskip("optax")
+
+import jax
 
 from rkopt.bench.jax_backend import JaxLearner
 
@@ -36,7 +39,7 @@ def test_the_first_steps_match_the_torch_backend(optimizer, environment):
     problem = lambda: workload.problem(environment.source, {"hidden": [16]}, seed=0)  # noqa: E731
     reference, candidate = problem(), problem()
     on_torch = TorchLearner(reference, optimizer, 0.1, {}, torch.device("cpu"))
-    on_jax = JaxLearner(candidate, optimizer, 0.1, {}, batch_size=32)
+    on_jax = JaxLearner(candidate, optimizer, 0.1, {}, batch_size=32, device=torch.device("cpu"))
     batches = reference.task.batches(reference.data.train, 32, torch.Generator().manual_seed(0))
     losses = []
     for _ in range(8):
@@ -49,6 +52,8 @@ def test_the_first_steps_match_the_torch_backend(optimizer, environment):
         on_torch.optimizer.grad_evals,
     )
     assert on_jax.optimizer.step_size == on_torch.optimizer.step_size == 0.1
+    cpu = {jax.devices("cpu")[0]}
+    assert all(leaf.devices() == cpu for leaf in jax.tree_util.tree_leaves((on_jax.params, on_jax.state)))
     validation = (on_torch.evaluate(reference.data.validation), on_jax.evaluate(candidate.data.validation))
     assert validation[0]["accuracy"] == validation[1]["accuracy"]
     assert validation[1]["loss"] == pytest.approx(validation[0]["loss"], rel=LOSS_RTOL)
@@ -69,6 +74,7 @@ def test_a_sweep_on_both_backends_reports_them_side_by_side(tmp_path):
         assert manifest["backend"] == result["backend"] == backend
         assert ("jax" in manifest["versions"] and "optax" in manifest["versions"]) == (backend == "jax")
         assert result["grad_evals"] == 48
+        assert (manifest["machine"].get("jax_device") == "cpu:0") == (backend == "jax")
     markdown = (out / "report" / "report.md").read_text()
     section = markdown.split("## Backends side by side")[1].split("\n## ")[0]
     rows = [line for line in section.splitlines() if line.startswith("| mlp-digits")]
@@ -119,6 +125,34 @@ def test_an_unknown_backend_and_a_missing_jax_are_command_line_errors(tmp_path, 
     assert main([*train, "--backend", "jax"]) == 2
     assert "install rkopt[jax]" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def _has_jax_gpu() -> bool:
+    try:
+        return bool(jax.devices("gpu"))
+    except RuntimeError:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("mps", "--backend jax --device mps: the JAX backend runs on cpu, cuda devices"),
+        ("cpu:3", r"--backend jax --device cpu:3: JAX sees 1 cpu device\(s\); use an index below 1"),
+        pytest.param(
+            "cuda",
+            "--backend jax --device cuda: JAX has no gpu backend here",
+            marks=pytest.mark.skipif(_has_jax_gpu(), reason="this JAX has a GPU backend"),
+        ),
+    ],
+)
+def test_a_device_the_jax_backend_cannot_use_is_a_command_line_error(device, message, tmp_path, capsys):
+    for command in ("train", "sweep"):
+        args = [command, *TINY, "--backend", "jax", "--device", device, "--max-grad-evals", "4"]
+        assert main([*args, "--out", str(tmp_path / command)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"rkopt {command}: error: ") and re.search(message, err), err
+        assert not (tmp_path / command).exists()
 
 
 def test_importing_the_harness_does_not_import_jax():

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rkopt.bench.backends import BACKENDS, check_backend
+from rkopt.bench.backends import BACKENDS, check_backend, load_jax_backend
 from rkopt.bench.data import DataSource, default_data_dir
 from rkopt.bench.errors import ConfigError
 from rkopt.bench.optimizers import BASELINES, canonical_optimizer, check_optimizer, default_lr
@@ -411,12 +411,16 @@ def parse_device(value: Any) -> str:
         raise ConfigError(f"--device {value!r}: expected a torch device such as cpu, cuda or cuda:1") from err
 
 
-def check_device_available(device: str) -> None:
-    """Raise ConfigError if this machine lacks ``device`` (for runs executed here, not on a cluster)."""
+def check_device_available(device: str, backends: Iterable[str] = ("torch",)) -> None:
+    """Raise ConfigError if this machine cannot run ``backends``' runs on ``device`` (for runs executed
+    here, not on a cluster): torch's ``is_available()`` for torch runs, a JAX device for JAX runs."""
+    backends = set(backends)
     kind = torch.device(device).type
     available = getattr(getattr(torch, kind, None), "is_available", None)
-    if available is not None and not available():
+    if "torch" in backends and available is not None and not available():
         raise ConfigError(f"--device {device}: torch.{kind}.is_available() is false here; use --device cpu")
+    if "jax" in backends:
+        load_jax_backend().jax_device(torch.device(device))
 
 
 def _per_name(

@@ -122,6 +122,34 @@ def check_run(
     build_transformation(optimizer, lr, options)
 
 
+JAX_PLATFORMS = {"cpu": "cpu", "cuda": "gpu"}
+"""torch device types and the JAX platform that runs them."""
+
+
+def jax_device(device: torch.device) -> jax.Device:
+    """The JAX device of the harness's ``--device`` (a torch name: ``cpu``, ``cuda``, ``cuda:1``)."""
+    platform = JAX_PLATFORMS.get(device.type)
+    if platform is None:
+        raise ConfigError(
+            f"--backend jax --device {device}: the JAX backend runs on "
+            f"{', '.join(JAX_PLATFORMS)} devices; use --device cpu or --backend torch"
+        )
+    try:
+        devices = jax.devices(platform)
+    except RuntimeError as err:  # no backend for the platform (jax without CUDA support)
+        raise ConfigError(
+            f"--backend jax --device {device}: JAX has no {platform} backend here ({err}); install "
+            "jax with CUDA support (pip install 'jax[cuda12]') or use --device cpu"
+        ) from err
+    index = device.index or 0
+    if index >= len(devices):
+        raise ConfigError(
+            f"--backend jax --device {device}: JAX sees {len(devices)} {platform} device(s); "
+            f"use an index below {len(devices)}"
+        )
+    return devices[index]
+
+
 def mlp_parameters(model: nn.Module) -> Params:
     """The layers of a :func:`rkopt.bench.models.mlp` (Flatten, (Linear, ReLU)*, Linear) as float32
     arrays with the module's current values."""
@@ -150,8 +178,8 @@ def loss(params: Params, inputs: jax.Array, targets: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(forward(params, inputs), targets).mean()
 
 
-def _arrays(inputs: Tensor, targets: Tensor) -> tuple[jax.Array, jax.Array]:
-    return jnp.asarray(inputs.numpy()), jnp.asarray(targets.numpy().astype(np.int32))
+def _arrays(inputs: Tensor, targets: Tensor, device: jax.Device) -> tuple[jax.Array, jax.Array]:
+    return jax.device_put((inputs.numpy(), targets.numpy().astype(np.int32)), device)
 
 
 @dataclass
@@ -172,15 +200,25 @@ class JaxLearner:
     """A problem's MLP trained by an optax transformation, one jitted step per batch."""
 
     def __init__(
-        self, problem: Problem, optimizer: str, lr: float, options: Mapping[str, Any], batch_size: int
+        self,
+        problem: Problem,
+        optimizer: str,
+        lr: float,
+        options: Mapping[str, Any],
+        batch_size: int,
+        device: torch.device,
     ) -> None:
+        """``device``: the run's ``--device``; parameters, state and batches are placed on its JAX
+        device (:func:`jax_device`), where the jitted step then runs."""
         self.task, self.device = problem.task, torch.device("cpu")  # batches reach jax through numpy
-        self.params = mlp_parameters(problem.model)
+        self.jax_device = jax_device(device)
+        self.params = jax.device_put(mlp_parameters(problem.model), self.jax_device)
         transformation, self.raise_on_nonfinite = build_transformation(optimizer, lr, options)
-        self.state = transformation.init(self.params)
+        self.state = jax.device_put(transformation.init(self.params), self.jax_device)
         self.optimizer = OptaxCounters(lr, isinstance(self.state, rkopt.optax.RungeKuttaState), step_size=lr)
         self.versions = versions()
-        self.machine = {"xla_flags": os.environ.get("XLA_FLAGS")}
+        where = f"{self.jax_device.platform}:{self.jax_device.id}"
+        self.machine = {"xla_flags": os.environ.get("XLA_FLAGS"), "jax_device": where}
 
         def step(params, state, inputs, targets):
             value, gradient = jax.value_and_grad(loss)(params, inputs, targets)
@@ -190,7 +228,9 @@ class JaxLearner:
 
         # compiled and run once on a batch of zeros (first transfer and execution cost ~0.1 s each)
         # before the clock starts; that step's results are dropped
-        zeros = _arrays(torch.zeros(batch_size, *problem.data.input_shape), torch.zeros(batch_size))
+        zeros = _arrays(
+            torch.zeros(batch_size, *problem.data.input_shape), torch.zeros(batch_size), self.jax_device
+        )
         self._step = jax.jit(step).lower(self.params, self.state, *zeros).compile()
         jax.block_until_ready(self._step(self.params, self.state, *zeros))
         self._forward = jax.jit(forward)
@@ -200,7 +240,8 @@ class JaxLearner:
         step (θ_n kept) unless ``on_nonfinite="skip"`` was asked for."""
         if next_batch is not None:
             raise ConfigError("--backend jax supports --stage-batches same only")
-        self.params, self.state, value = self._step(self.params, self.state, *_arrays(inputs, targets))
+        batch = _arrays(inputs, targets, self.jax_device)
+        self.params, self.state, value = self._step(self.params, self.state, *batch)
         counters = self.optimizer
         if not counters.is_runge_kutta:
             counters.steps += 1
@@ -224,7 +265,8 @@ class JaxLearner:
         return float(value)
 
     def _logits(self, inputs: Tensor) -> Tensor:
-        return torch.from_numpy(np.array(self._forward(self.params, jnp.asarray(inputs.numpy()))))
+        logits = self._forward(self.params, jax.device_put(inputs.numpy(), self.jax_device))
+        return torch.from_numpy(np.array(logits))
 
     def evaluate(self, split: Split) -> dict[str, float]:
         """The task's metrics on ``split``, computed by its own code from this model's logits."""

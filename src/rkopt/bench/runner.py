@@ -136,7 +136,7 @@ def make_learner(config: RunConfig, problem: Problem, device: torch.device) -> L
     """The learner of ``config.backend`` for this run's problem, optimizer and learning rate."""
     if config.backend == "jax":
         return load_jax_backend().JaxLearner(
-            problem, config.optimizer, config.lr, config.optimizer_options, config.batch_size
+            problem, config.optimizer, config.lr, config.optimizer_options, config.batch_size, device
         )
     return TorchLearner(problem, config.optimizer, config.lr, config.optimizer_options, device)
 
