@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -135,6 +137,36 @@ def test_stagewise_steps_without_a_fresh_backward_are_refused():
     with pytest.raises(rkopt.StaleGradientError, match="accumulated"):
         optimizer.step()
     assert optimizer.step_complete and torch.equal(flat(model), before)
+
+
+@pytest.mark.parametrize("preset", ["euler", "rk4", "dopri5-adaptive"])
+def test_a_stagewise_step_whose_first_backward_accumulates_onto_the_previous_step_is_refused(preset):
+    """A loop that forgets zero_grad() between steps adds the previous step's last-stage gradient to
+    the new step's first one; that used to go unnoticed (only later evaluations were checked)."""
+    x, y = make_data()
+    model = make_mlp()
+    optimizer = rkopt.preset(preset, model.parameters(), lr=0.1, stagewise=True)
+    while True:  # one whole step, done right
+        optimizer.zero_grad()
+        loss_of(model, x, y).backward()
+        optimizer.step()
+        if optimizer.step_complete:
+            break
+    after_one, counters = flat(model).clone(), copy.copy(optimizer.counters)
+    loss_of(model, x, y).backward()  # the next step's first backward, without zero_grad()
+    with pytest.raises(rkopt.StaleGradientError, match="present before optimizer.step.*stage-wise"):
+        optimizer.step()
+    assert optimizer.step_complete and torch.equal(flat(model), after_one)
+    assert optimizer.counters == counters
+    evaluations = 0
+    while evaluations < 2 or not optimizer.step_complete:
+        # zeroing, in place or not, then a backward is a fresh gradient
+        optimizer.zero_grad(set_to_none=evaluations % 2 == 1)
+        loss_of(model, x, y).backward()
+        optimizer.step()
+        evaluations += 1
+    assert optimizer.counters.steps > counters.steps
+    assert optimizer.counters.grad_evals == counters.grad_evals + evaluations
 
 
 def test_lightning_gradient_accumulation_is_refused_with_advice():

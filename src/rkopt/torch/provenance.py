@@ -10,7 +10,8 @@ with ``set_to_none=True`` replaces it). Before a step's first evaluation the gra
 from outside the step (the previous step, or a ``backward()`` of the caller's: gradient
 accumulation over micro-batches); there only accumulating onto them when they are nonzero is
 refused, since a closure that leaves them alone (a step on gradients computed beforehand, as
-``torch.optim`` allows) is the caller's business and later evaluations are checked.
+``torch.optim`` allows) is the caller's business and later evaluations are checked. A stage-wise
+step's first evaluation is checked the same way against the gradients the previous step ended with.
 """
 
 from __future__ import annotations
@@ -62,8 +63,9 @@ class GradientWitness:
                 raise StaleGradientError(
                     f"{evaluation} accumulated its backward() onto gradients that were present before "
                     "optimizer.step() (of a backward() outside the closure, or of the previous step): "
-                    "the step would integrate gradients it did not evaluate. Zero the gradients in the "
-                    f"closure before its backward(). {ACCUMULATION_ADVICE}"
+                    "the step would integrate gradients it did not evaluate. Zero the gradients before "
+                    "each backward() (in the closure, or before each stage-wise optimizer.step()). "
+                    f"{ACCUMULATION_ADVICE}"
                 )
             return
         if bumps == 0:

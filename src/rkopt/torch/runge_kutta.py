@@ -119,6 +119,7 @@ class RungeKutta(Optimizer):
         self._workspace: dict[Tensor, dict[str, Tensor]] = {}
         self._planner = Planner(self._workspace)
         self._stagewise_step: StagewiseStep | None = None
+        self._since_last_step = GradientWitness()  # stage-wise: the gradients a step left behind
         self._in_step = False
         self._batch_rng: RNGSnapshot | None = None
 
@@ -273,6 +274,7 @@ class RungeKutta(Optimizer):
     def _stage(self, loss: Any) -> None:
         step = self._stagewise_step
         if step is None:
+            self._since_last_step.check("evaluation 1 of the stage-wise step")
             step = self._stagewise_step = StagewiseStep(
                 self._program, self._gradients, self._batch_rng, lambda: self.param_groups
             )
@@ -291,6 +293,8 @@ class RungeKutta(Optimizer):
         self._finish(step.program, step.calls)
         self._stagewise_step = None
         self._batch_rng = None
+        # the next step's first backward must not accumulate onto the gradients this one ended with
+        self._since_last_step.mark(self.param_groups, before_step=True)
 
     def _gradients(self) -> list[Tensor]:
         grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
