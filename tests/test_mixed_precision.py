@@ -290,3 +290,44 @@ def test_a_non_finite_loss_is_no_overflow_and_follows_on_nonfinite(on_nonfinite)
     assert torch.equal(flat(model), before) and optimizer.counters.grad_evals == 4
     scaler.update()
     assert scaler.get_scale() == 2.0**3  # its gradients were not finite: GradScaler backs off too
+
+
+def test_scaled_step_takes_the_steps_of_the_rkopt_optimizer_a_wrapper_holds():
+    """accelerate's AcceleratedOptimizer (any ``.optimizer`` chain) is unwrapped: ScaledStep scales,
+    unscales and counts on the rkopt optimizer inside, exactly as when given that optimizer."""
+    accelerate = pytest.importorskip("accelerate")
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    try:
+        x, y = make_data()
+        model, reference = make_mlp(), make_mlp()
+        accelerator = accelerate.Accelerator(cpu=True)
+        inner = rkopt.RK4(model.parameters(), lr=0.2)
+        model, wrapped = accelerator.prepare(model, inner)
+        assert wrapped is not inner and wrapped.optimizer is inner
+        scaler, reference_scaler = (torch.amp.GradScaler("cpu", init_scale=2.0**12) for _ in range(2))
+        scaled = rkopt.ScaledStep(wrapped, scaler)
+        plain = rkopt.RK4(reference.parameters(), lr=0.2)
+        reference_scaled = rkopt.ScaledStep(plain, reference_scaler)
+        for _ in range(2):
+            scaled.step(scaled_closure(model, wrapped, scaled, x, y))
+            scaler.update()
+            reference_scaled.step(scaled_closure(reference, plain, reference_scaled, x, y))
+            reference_scaler.update()
+        assert torch.equal(flat(model), flat(reference))
+        assert inner.counters == plain.counters == rkopt.Counters(steps=2, grad_evals=8)
+        with pytest.raises(TypeError, match="ScaledStep needs a torch.amp.GradScaler"):
+            rkopt.ScaledStep(wrapped, accelerator.scaler)  # None without mixed_precision="fp16"
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+
+
+def test_scaled_step_refuses_an_optimizer_that_is_not_rkopt():
+    model = make_mlp()
+    with pytest.raises(
+        TypeError, match="ScaledStep needs an rkopt optimizer .* got <class 'torch.optim.sgd.SGD'>"
+    ):
+        rkopt.ScaledStep(torch.optim.SGD(model.parameters(), lr=0.1), torch.amp.GradScaler("cpu"))

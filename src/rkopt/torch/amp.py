@@ -40,6 +40,7 @@ from torch.amp.grad_scaler import GradScaler, OptState
 
 from rkopt.torch.engine import is_finite
 from rkopt.torch.runge_kutta import RungeKutta
+from rkopt.torch.stagewise import unwrap_runge_kutta
 
 
 class _Overflow(Exception):
@@ -47,16 +48,26 @@ class _Overflow(Exception):
 
 
 class ScaledStep:
-    """Runge–Kutta steps of ``optimizer`` (closure mode) with the loss scaled by ``scaler``."""
+    """Runge–Kutta steps of ``optimizer`` (closure mode) with the loss scaled by ``scaler``.
 
-    def __init__(self, optimizer: RungeKutta, scaler: GradScaler) -> None:
-        if not isinstance(optimizer, RungeKutta) or optimizer.stagewise:
+    ``optimizer`` may be a wrapper of the rkopt optimizer (accelerate's ``AcceleratedOptimizer``:
+    ``ScaledStep(optimizer, accelerator.scaler)``, then ``accelerator.scaler.update()`` after each
+    step); the steps are the wrapped optimizer's.
+    """
+
+    def __init__(self, optimizer: RungeKutta | Any, scaler: GradScaler) -> None:
+        inner = unwrap_runge_kutta(optimizer, "ScaledStep")
+        if inner.stagewise:
             raise TypeError(
-                "ScaledStep takes closure-mode steps of an rkopt.RungeKutta optimizer; in stage-wise "
-                "mode call scaler.scale(loss).backward(), scaler.step(optimizer), scaler.update() after "
-                f"each backward instead (got {type(optimizer).__name__})"
+                "ScaledStep takes closure-mode steps; in stage-wise mode call scaler.scale(loss).backward(), "
+                "scaler.step(optimizer), scaler.update() after each backward instead"
             )
-        self.optimizer, self.scaler = optimizer, scaler
+        if scaler is None:
+            raise TypeError(
+                "ScaledStep needs a torch.amp.GradScaler (accelerate: accelerator.scaler exists with "
+                "mixed_precision='fp16'); without loss scaling call optimizer.step(closure)"
+            )
+        self.optimizer, self.scaler = inner, scaler
         self._inverse: float | None = None  # 1/S while a step runs
         self._backward_calls = 0  # of the evaluation in progress
         self._unscaled = False  # whether the evaluation in progress has unscaled its gradients

@@ -121,15 +121,14 @@ class StagewiseStep:
         return all(TensorListOps.all_finite(tensors) for tensors in by_device.values())
 
 
-def _runge_kutta(optimizer: Any) -> Any:
-    """``optimizer`` or the rkopt optimizer it wraps (``.optimizer`` chains, as accelerate's)."""
+def unwrap_runge_kutta(optimizer: Any, caller: str) -> Any:
+    """``optimizer`` or the rkopt optimizer it wraps (``.optimizer`` chains, as accelerate's
+    ``AcceleratedOptimizer``); a TypeError naming ``caller`` when there is none."""
     inner = optimizer
     while not hasattr(inner, "step_complete") and hasattr(inner, "optimizer"):
         inner = inner.optimizer
     if not hasattr(inner, "step_complete"):
-        raise TypeError(
-            f"repeat_batches needs an rkopt optimizer (or a wrapper of one), got {type(optimizer)!r}"
-        )
+        raise TypeError(f"{caller} needs an rkopt optimizer (or a wrapper of one), got {type(optimizer)!r}")
     return inner
 
 
@@ -143,7 +142,7 @@ def repeat_batches(iterable: Iterable[Item], optimizer: Any) -> Iterator[Item]:
     restored, with a warning. With a closure-mode optimizer every step completes at once and this is
     the plain iteration.
     """
-    inner = _runge_kutta(optimizer)
+    inner = unwrap_runge_kutta(optimizer, "repeat_batches")
     for item in iterable:
         if inner.stagewise:
             inner.capture_rng_state()
