@@ -27,6 +27,17 @@ from rkopt.bench.report import write_report
 ROOT = Path(__file__).resolve().parents[1]
 INCLUDED = ("readme_table.md", "performance_profile.md", "report.md")
 """Report files whose text the page carries (removed from the figures directory)."""
+FIRST = ("## The best rkopt method against the best baseline", "## Performance profiles")
+"""Report sections the page shows first (the answers), before the full tables."""
+
+
+def answers_first(body: str) -> str:
+    """The report's Markdown with the :data:`FIRST` sections moved to the front, in that order."""
+    head, *sections = body.split("\n## ")
+    sections = [f"## {section}" for section in sections]
+    first = [section for title in FIRST for section in sections if section.startswith(title + "\n")]
+    rest = [section for section in sections if section not in first]
+    return "\n".join([head.rstrip("\n") + "\n", *(s.rstrip("\n") + "\n" for s in first + rest)])
 
 
 def provenance(results_dir: Path) -> list[str]:
@@ -75,6 +86,7 @@ def main() -> None:
     report = write_report(args.results_dir, figures)
     body = (figures / "report.md").read_text(encoding="utf-8")
     body = body.replace("](", f"]({figures.name}/").replace("# rkopt benchmark report\n", "", 1)
+    body = answers_first(body)
     for name in INCLUDED:
         (figures / name).unlink(missing_ok=True)
     for figure in figures.glob("*.png"):  # 256-colour palettes: a third of the size, for the repository
