@@ -35,6 +35,13 @@ def test_seed_verdict_needs_every_seed_of_one_side_better_than_every_seed_of_the
     assert seed_verdict(first, second) == verdict
 
 
+def test_counts_within_the_tolerance_are_the_same_measurement():
+    assert seed_verdict([120.0, 120.0], [121.0, 241.0]) == "first"
+    assert seed_verdict([120.0, 120.0], [121.0, 241.0], tolerance=0.01) == "within"
+    assert seed_verdict([120.0, 120.0], [122.0, 241.0], tolerance=0.01) == "first"
+    assert seed_verdict([120.0], [math.inf], tolerance=0.01) == "first"
+
+
 def _pair(runs, left_out=()):
     (pair,) = head_to_heads(variants(runs), BASELINES, left_out)
     return pair
@@ -93,6 +100,9 @@ def test_time_to_target_per_seed_and_a_seed_that_never_reaches_it():
     ]
     pair = _pair(runs)
     assert seed_outcomes(pair.baseline, "grad_evals") == [40.0, 60.0]
+    overshoot = [record("sgd", 0.1, s, reach=(120, 1.0)) for s in (0, 1)]
+    overshoot += [record("rk4", 0.3, s, reach=(121 + 120 * s, 1.0)) for s in (0, 1)]
+    assert _pair(overshoot).verdict("grad_evals") == "within"  # 121 is the measurement at 120
     assert seed_outcomes(pair.rkopt, "grad_evals") == [80.0, INF]
     assert pair.verdict("grad_evals") == "baseline"
     untargeted = [record("sgd", 0.1, target=None), record("rk4", 0.3, target=None)]

@@ -4,6 +4,7 @@ boundary, lr-grid extension and performance profiles, on synthetic records."""
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import pytest
@@ -41,8 +42,8 @@ def test_equal_validation_metric_is_broken_by_validation_loss_then_by_the_smalle
 
 def test_loss_tie_break_for_a_lower_is_better_metric_and_diverged_seeds():
     runs = [
-        record("adam", 1e-3, val=5.0, val_loss=1.61, metric="perplexity", target=6.0),
-        record("adam", 3e-3, val=5.0, val_loss=1.60, metric="perplexity", target=6.0),
+        *(record("adam", 1e-3, s, val=5.0, val_loss=1.61, metric="perplexity", target=6.0) for s in (0, 1)),
+        *(record("adam", 3e-3, s, val=5.0, val_loss=1.60, metric="perplexity", target=6.0) for s in (0, 1)),
         record("adam", 1e-2, 0, val=4.0, val_loss=1.3, metric="perplexity", target=6.0),
         record("adam", 1e-2, 1, val=None, diverged=True, metric="perplexity", target=6.0),
     ]
@@ -171,3 +172,38 @@ def test_performance_profiles_on_synthetic_times():
     by_time = performance_profiles(comparisons, "time")
     assert by_time.ratios == {"adam": [2.0, 1.0], "rk4": [1.0, 1.0], "sgd": [8.0, math.inf]}
     assert by_time.fraction("rk4", 1.0) == 1.0
+
+
+def test_an_lr_with_fewer_seeds_than_the_rest_is_shown_but_never_selected():
+    """A point an earlier sweep with fewer seeds added (seed 0 only) would be scored on other seeds than
+    its neighbours: it takes no part in the selection, the grid edges or the robustness range."""
+    runs = [
+        *(record("rk4", lr, s, val=0.90 + 0.01 * (lr == 0.3)) for lr in (0.1, 0.3, 1.0) for s in (0, 1)),
+        record("rk4", 0.03, 0, val=0.99),  # the best score, on one seed of two
+    ]
+    variant = _variant(runs)
+    assert variant.best.lr == 0.3 and not variant.lr_at_grid_edge
+    assert variant.lr_grid == [0.1, 0.3, 1.0] and [r.lr for r in variant.incomplete] == [0.03]
+    assert variant.robust.low == 0.1  # 0.03 is not part of the range's grid
+
+
+def test_when_no_lr_has_every_seed_the_lrs_with_the_most_seeds_form_the_grid():
+    runs = [record("sgd", 0.1, 0), record("sgd", 0.1, 1), record("sgd", 0.3, 1), record("sgd", 1.0, 2)]
+    variant = _variant(runs)
+    assert variant.lr_grid == [0.1] and [r.lr for r in variant.incomplete] == [0.3, 1.0]
+
+
+def test_the_report_lists_incomplete_lrs(tmp_path):
+    from synthetic import write
+
+    from rkopt.bench.report import write_report
+
+    results = tmp_path / "results"
+    for lr, seeds in ((0.1, (0, 1)), (0.3, (0, 1)), (1.0, (0, 1)), (0.03, (0,))):
+        for seed in seeds:
+            write(results, record("rk4", lr, seed, val=0.9 + 0.01 * (lr == 0.3), results_dir=results))
+    report = write_report(results, tmp_path / "report")
+    text = report.markdown.read_text(encoding="utf-8")
+    assert "lr 0.03 (1/2 seeds)" in text and "| 0.03 (1 of 2 seeds, not selectable) |" in text
+    (entry,) = json.loads(report.summary.read_text(encoding="utf-8"))
+    assert entry["incomplete_lrs"] == [0.03] and entry["best_lr"] == 0.3

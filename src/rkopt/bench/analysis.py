@@ -1,7 +1,9 @@
 """From finished runs to comparisons: best learning rate on validation data, test figures over seeds.
 
 Runs are grouped into *variants* (workload, optimizer with its options, stage batches and backend,
-batch size, budget). Learning-rate selection within a variant is deterministic (:func:`rank_learning_rates`):
+batch size, budget). Learning-rate selection within a variant is deterministic (:func:`rank_learning_rates`),
+among the lrs that have every seed of the variant (:func:`split_by_seeds`; the others are reported as
+incomplete):
 
 1. the final validation metric, mean over seeds, a diverged seed counting as the worst value;
 2. ties broken by the final validation loss, mean over seeds (a diverged seed: +inf), lower first;
@@ -333,12 +335,15 @@ class Variant:
     higher_is_better: bool
     target: float | None
     learning_rates: list[LearningRateResult]
+    """The lrs with the variant's full set of seeds: the grid the selection is made on."""
     best: LearningRateResult
     runner_up: LearningRateResult | None = None
     resolution: float = 0.0
     robust: RobustRange | None = None
     at_equal_grad_evals: Stat = field(default_factory=Stat)
     at_equal_time: Stat = field(default_factory=Stat)
+    incomplete: list[LearningRateResult] = field(default_factory=list)
+    """The lrs with fewer seeds (:func:`split_by_seeds`): shown, never selected."""
 
     @property
     def stage_batches(self) -> str:
@@ -418,6 +423,30 @@ class Variant:
         return 1000 * seconds / evals if evals else math.nan
 
 
+def split_by_seeds(
+    results: Sequence[LearningRateResult],
+) -> tuple[list[LearningRateResult], list[LearningRateResult]]:
+    """(the lrs whose seeds are the variant's full set, the others).
+
+    The full set is the union of the seeds of all the lrs. An lr with only some of them (a point an
+    earlier sweep with fewer seeds added, or one whose other seeds have not finished) would be scored
+    on other seeds than its neighbours, so it takes no part in the selection, the grid edges or the
+    robustness range. When no lr has every seed, those with the most seeds form the grid.
+    """
+
+    def seeds(result: LearningRateResult) -> frozenset[int]:
+        return frozenset(run.config.seed for run in result.runs)
+
+    full = frozenset().union(*map(seeds, results))
+    most = max(len(seeds(result)) for result in results)
+    has_all = most == len(full)
+    complete, incomplete = [], []
+    for result in results:
+        kept = seeds(result) == full if has_all else len(seeds(result)) == most
+        (complete if kept else incomplete).append(result)
+    return complete, incomplete
+
+
 def variants(
     runs: Iterable[RunRecord], robustness: float | None = None
 ) -> dict[ComparisonKey, list[Variant]]:
@@ -433,9 +462,10 @@ def variants(
     comparisons: dict[ComparisonKey, list[Variant]] = {}
     for (key, label), by_lr in sorted(grouped.items(), key=lambda item: item[0]):
         example = next(iter(by_lr.values()))[0]
-        results = [
+        every = [
             LearningRateResult(lr, sorted(by_lr[lr], key=lambda r: r.config.seed)) for lr in sorted(by_lr)
         ]
+        results, incomplete = split_by_seeds(every)
         ranked = rank_learning_rates(results, example.higher_is_better)
         best = ranked[0]
         tolerance, relative = robustness_tolerance(example.metric, robustness)
@@ -448,6 +478,7 @@ def variants(
                 higher_is_better=example.higher_is_better,
                 target=example.target,
                 learning_rates=results,
+                incomplete=incomplete,
                 best=best,
                 runner_up=ranked[1] if len(ranked) > 1 else None,
                 resolution=validation_resolution(best.runs, best.score(example.higher_is_better)),
@@ -588,17 +619,19 @@ def seed_outcomes(variant: Variant, quantity: str) -> list[float]:
     return [math.inf if m is None else float(m[quantity]) for m in reached]
 
 
-def seed_verdict(first: Sequence[float], second: Sequence[float]) -> str:
+def seed_verdict(first: Sequence[float], second: Sequence[float], tolerance: float = 0.0) -> str:
     """Which of two seed samples (smaller is better) is ahead *beyond seed spread*, i.e. with every one of
-    its seeds better than every seed of the other: ``"first"``, ``"second"``, ``"within"`` (the ranges
-    overlap or touch) or ``"neither"`` (no finite value on either side)."""
+    its seeds better than every seed of the other by more than ``tolerance`` (relative): ``"first"``,
+    ``"second"``, ``"within"`` (the ranges overlap or touch) or ``"neither"`` (no finite value on
+    either side)."""
     if not any(map(math.isfinite, first)) and not any(map(math.isfinite, second)):
         return "neither"
-    if max(first) < min(second):
-        return "first"
-    if max(second) < min(first):
-        return "second"
-    return "within"
+
+    def ahead(a: Sequence[float], b: Sequence[float]) -> bool:
+        worst, best = max(a), min(b)
+        return worst < best and (math.isinf(best) or best - worst > tolerance * abs(worst))
+
+    return "first" if ahead(first, second) else "second" if ahead(second, first) else "within"
 
 
 @dataclass(frozen=True)
@@ -612,8 +645,12 @@ class HeadToHead:
 
     def verdict(self, quantity: str) -> str:
         """``"rkopt"``, ``"baseline"``, ``"within"`` (seed spread) or ``"neither"`` on ``quantity``
-        (see :func:`seed_outcomes`)."""
-        verdict = seed_verdict(seed_outcomes(self.rkopt, quantity), seed_outcomes(self.baseline, quantity))
+        (see :func:`seed_outcomes`). Counts to target within :data:`EQUAL_BUDGET_TOLERANCE` of each
+        other are the same measurement (a Runge–Kutta step may overshoot it by a few evaluations)."""
+        tolerance = 0.0 if quantity == "final" else EQUAL_BUDGET_TOLERANCE
+        verdict = seed_verdict(
+            seed_outcomes(self.rkopt, quantity), seed_outcomes(self.baseline, quantity), tolerance
+        )
         return {"first": "rkopt", "second": "baseline"}.get(verdict, verdict)
 
 

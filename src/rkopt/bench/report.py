@@ -184,11 +184,13 @@ def _sensitivity_table(members: Sequence[Variant]) -> list[str]:
     header = ["optimizer", "lr", f"final val {metric}", f"final test {metric}", "diverged seeds"]
     rows = []
     for v in members:
-        for result in v.learning_rates:
+        for result in sorted([*v.learning_rates, *v.incomplete], key=lambda r: r.lr):
             best = result is v.best
             lr = f"**{result.lr:.3g}**" if best else f"{result.lr:.3g}"
             if result is v.runner_up and v.runner_up_within_resolution:
                 lr += " (≈ best)"
+            if result in v.incomplete:
+                lr += f" ({len(result.runs)} of {len(v.runs)} seeds, not selectable)"
             rows.append(
                 [
                     f"`{v.label}`",
@@ -264,6 +266,7 @@ def _summary_json(comparisons: dict[ComparisonKey, list[Variant]]) -> list[dict[
                         "runner_up_within_resolution": v.runner_up_within_resolution,
                     },
                     "lr_grid": v.lr_grid,
+                    "incomplete_lrs": [r.lr for r in v.incomplete],
                     "lr_at_grid_edge": v.lr_at_grid_edge,
                     "lr_edge": v.edge,
                     "lr_bounded_by_divergence": v.bounded_by_divergence,
@@ -776,6 +779,21 @@ def _selection_flags(comparisons: dict[ComparisonKey, list[Variant]]) -> list[st
                 if v.runner_up is not None
             )
             if close
+            else "none"
+        )
+        + "."
+    )
+    incomplete = [v for v in members if v.incomplete]
+    lines.append(
+        "- Learning rates with fewer seeds than the rest of their variant (left out of the selection, the "
+        "grid edges and the lr range; listed in the lr tables): "
+        + (
+            ", ".join(
+                f"`{v.label}` ({v.comparison.workload}, batch {v.comparison.batch_size}) lr "
+                + ", ".join(f"{format_lr(r.lr)} ({len(r.runs)}/{len(v.runs)} seeds)" for r in v.incomplete)
+                for v in incomplete
+            )
+            if incomplete
             else "none"
         )
         + "."
