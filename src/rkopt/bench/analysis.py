@@ -23,6 +23,8 @@ The selected learning rate's test figures are summarised over seeds. Each varian
 Variants of the same workload, batch size and budget form a *comparison*: their metric is also read
 at equal gradient evaluations and at equal training time (the smallest total among the variants).
 :func:`performance_profiles` compares optimizers across comparisons (AlgoPerf-style);
+:func:`head_to_heads` pits the best rkopt method against the best baseline in each comparison, seed
+by seed (:class:`HeadToHead`);
 :func:`backend_comparisons` pairs the variants of one configuration trained on the torch and JAX
 backends.
 """
