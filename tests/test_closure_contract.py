@@ -16,6 +16,17 @@ def loss_of(model, x, y):
     return nn.functional.cross_entropy(model(x), y)
 
 
+def closure_without_zeroing(model, x, y):
+    """A closure that backpropagates onto whatever gradients are present."""
+
+    def closure():
+        loss = loss_of(model, x, y)
+        loss.backward()
+        return loss
+
+    return closure
+
+
 @pytest.mark.parametrize("preset", ["rk4", "rk4-full", "dopri5-adaptive"])
 def test_a_closure_that_never_calls_backward_again_is_refused(preset):
     x, y = make_data()
@@ -47,14 +58,8 @@ def test_a_closure_that_accumulates_across_stages_is_refused(set_to_none):
     optimizer = rkopt.RK4(model.parameters(), lr=0.1)
     optimizer.zero_grad(set_to_none=set_to_none)
     before = flat(model).clone()
-
-    def closure():
-        loss = loss_of(model, x, y)
-        loss.backward()
-        return loss
-
     with pytest.raises(rkopt.StaleGradientError, match="accumulated its backward"):
-        optimizer.step(closure)
+        optimizer.step(closure_without_zeroing(model, x, y))
     assert torch.equal(flat(model), before)
 
 
@@ -68,14 +73,8 @@ def test_gradients_a_backward_outside_the_closure_left_are_not_integrated(preset
     optimizer = rkopt.preset(preset, model.parameters(), lr=0.1)
     loss_of(model, x[:24], y[:24]).backward()  # micro-batch 1, outside the step
     before = flat(model).clone()
-
-    def closure():
-        loss = loss_of(model, x[24:], y[24:])
-        loss.backward()
-        return loss
-
     with pytest.raises(rkopt.StaleGradientError, match="present before optimizer.step"):
-        optimizer.step(closure)
+        optimizer.step(closure_without_zeroing(model, x[24:], y[24:]))
     assert torch.equal(flat(model), before)
     assert optimizer.counters == rkopt.Counters(grad_evals=1)
 
@@ -88,13 +87,7 @@ def test_gradients_present_before_the_step_are_fine_when_zero_or_replaced():
     for net, optimizer in ((model, euler), (reference, sgd)):
         loss_of(net, x, y).backward()
         optimizer.zero_grad(set_to_none=False)  # zeros present: a backward onto them is a fresh one
-
-        def closure(net=net):
-            loss = loss_of(net, x, y)
-            loss.backward()
-            return loss
-
-        optimizer.step(closure)
+        optimizer.step(closure_without_zeroing(net, x, y))
         optimizer.step(make_closure(net, optimizer, x, y))  # the previous step's gradients, replaced
     assert torch.equal(flat(model), flat(reference))
 

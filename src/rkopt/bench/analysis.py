@@ -604,21 +604,23 @@ def performance_profiles(comparisons: dict[ComparisonKey, list[Variant]], x_key:
 # -- the best rkopt method against the best baseline ---------------------------------------------
 
 
-def seed_outcomes(variant: Variant, quantity: str) -> list[float]:
-    """One value per seed of the selected lr, oriented so that smaller is better.
-
-    ``quantity`` ``"final"``: the final test metric (negated when higher is better; a diverged seed is
-    +inf); ``"grad_evals"`` or ``"time"``: that count at the first measurement meeting the target
-    (+inf for a seed that never did).
-    """
+def seed_values(variant: Variant, quantity: str) -> list[float | None]:
+    """One value per seed of the selected lr: ``quantity`` ``"final"``, the final test metric (None for a
+    diverged seed); ``"grad_evals"``, ``"time"`` or ``"step"``, that count at the first measurement
+    meeting the target (None for a seed that never did, or without a target)."""
     if quantity == "final":
-        sign = -1.0 if variant.higher_is_better else 1.0
-        values = [final_value(run, "test") for run in variant.runs]
-        return [math.inf if v is None else sign * v for v in values]
+        return [final_value(run, "test") for run in variant.runs]
     if variant.target is None:
-        return [math.inf] * len(variant.runs)
+        return [None] * len(variant.runs)
     reached = [first_reaching(run, variant.target) for run in variant.runs]
-    return [math.inf if m is None else float(m[quantity]) for m in reached]
+    return [None if m is None else float(m[quantity]) for m in reached]
+
+
+def seed_outcomes(variant: Variant, quantity: str) -> list[float]:
+    """:func:`seed_values` oriented so that smaller is better: the final metric negated when higher is
+    better, +inf for a diverged seed or one that never reached the target."""
+    sign = -1.0 if quantity == "final" and variant.higher_is_better else 1.0
+    return [math.inf if v is None else sign * v for v in seed_values(variant, quantity)]
 
 
 def seed_verdict(first: Sequence[float], second: Sequence[float], tolerance: float = 0.0) -> str:

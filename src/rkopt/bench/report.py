@@ -52,11 +52,9 @@ from rkopt.bench.analysis import (
     Variant,
     backend_comparisons,
     equal_budgets,
-    final_value,
-    first_reaching,
     head_to_heads,
     performance_profiles,
-    seed_outcomes,
+    seed_values,
     variants,
 )
 from rkopt.bench.backends import BACKENDS
@@ -898,15 +896,10 @@ def _backend_section(comparisons: dict[ComparisonKey, list[Variant]]) -> list[st
     ]
 
 
-def _seed_cells(variant: Variant, x_key: str | None) -> str:
-    """Per seed: the final test metric (``x_key`` None; ✗ diverged) or ``x_key`` to target (– not reached)."""
-    if x_key is None:
-        values = [final_value(run, "test") for run in variant.runs]
-        return ", ".join("✗" if v is None else f"{v:.4g}" for v in values)
-    reached = [
-        first_reaching(run, variant.target) if variant.target is not None else None for run in variant.runs
-    ]
-    return ", ".join("–" if m is None else f"{m[x_key]:.4g}" for m in reached)
+def _seed_cells(variant: Variant, quantity: str) -> str:
+    """:func:`seed_values` as a cell: ✗ a diverged seed, – one that never reached the target."""
+    missing = "✗" if quantity == "final" else "–"
+    return ", ".join(missing if v is None else f"{v:.4g}" for v in seed_values(variant, quantity))
 
 
 VERDICT_TEXT = {
@@ -922,10 +915,8 @@ def _head_to_head_json(pairs: Sequence[HeadToHead]) -> list[dict[str, Any]]:
         return {
             "optimizer": v.label,
             "lr": v.best.lr,
-            "final_test": [final_value(run, "test") for run in v.runs],
-            "grad_evals_to_target": [
-                None if not math.isfinite(x) else x for x in seed_outcomes(v, "grad_evals")
-            ],
+            "final_test": seed_values(v, "final"),
+            "grad_evals_to_target": seed_values(v, "grad_evals"),
         }
 
     return [
@@ -953,9 +944,9 @@ def _head_to_head_section(pairs: Sequence[HeadToHead]) -> list[str]:
             pair.comparison.workload,
             str(pair.comparison.batch_size),
             f"`{pair.baseline.label}` {format_lr(pair.baseline.best.lr)}",
-            _seed_cells(pair.baseline, None),
+            _seed_cells(pair.baseline, "final"),
             f"`{pair.rkopt.label}` {format_lr(pair.rkopt.best.lr)}",
-            _seed_cells(pair.rkopt, None),
+            _seed_cells(pair.rkopt, "final"),
             VERDICT_TEXT[pair.verdict("final")],
             _seed_cells(pair.baseline, "grad_evals"),
             _seed_cells(pair.rkopt, "grad_evals"),
