@@ -5,7 +5,13 @@ from __future__ import annotations
 from synthetic import record
 
 from rkopt.bench.analysis import variants
-from rkopt.bench.report import README_COLUMNS, check_readme_table, format_lr, render_readme_table
+from rkopt.bench.report import (
+    README_COLUMNS,
+    check_readme_table,
+    format_lr,
+    readme_table_rows,
+    render_readme_table,
+)
 
 
 def _comparisons():
@@ -75,3 +81,6 @@ def test_the_readme_result_table_is_in_the_report_format():
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert check_readme_table(readme) == []
+    rows = readme_table_rows(readme)  # the main job's: two workloads, no lr selected at a grid edge
+    assert {row[0] for row in rows} == {"mlp-mnist5k", "mlp-digits"}
+    assert not [row for row in rows if "(edge)" in row[4]]
