@@ -436,16 +436,14 @@ def split_by_seeds(
     robustness range. When no lr has every seed, those with the most seeds form the grid.
     """
 
-    def seeds(result: LearningRateResult) -> frozenset[int]:
-        return frozenset(run.config.seed for run in result.runs)
+    # an lr's seeds are a subset of the full set, so having the most seeds is having them all when any has
+    def seed_count(result: LearningRateResult) -> int:
+        return len({run.config.seed for run in result.runs})
 
-    full = frozenset().union(*map(seeds, results))
-    most = max(len(seeds(result)) for result in results)
-    has_all = most == len(full)
+    most = max(map(seed_count, results))
     complete, incomplete = [], []
     for result in results:
-        kept = seeds(result) == full if has_all else len(seeds(result)) == most
-        (complete if kept else incomplete).append(result)
+        (complete if seed_count(result) == most else incomplete).append(result)
     return complete, incomplete
 
 
@@ -659,9 +657,11 @@ class HeadToHead:
 
 
 def _best_by_validation(members: Sequence[Variant]) -> Variant:
+    """The member whose selected lr ranks first by :func:`selection_key`, then by label."""
+
     def key(v: Variant) -> tuple[float, float, str]:
-        score = v.score if v.higher_is_better else -v.score
-        return (-score, v.best.loss_score(), v.label)
+        score, negative_loss, _ = selection_key(v.best, v.higher_is_better)
+        return (-score, -negative_loss, v.label)
 
     return min(members, key=key)
 
